@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make demo` runs the main job, `make test` the suite.
+# Both create .venv and install the package (editable, with dev extras) when needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.aideploy-installed
+DEMO_OUT ?= artifacts/demo
+
+.PHONY: help venv demo test test-fast lint docs notebooks clean
+
+help:
+	@echo "make demo      set up .venv and run the pipeline (train the MLP, ...)"
+	@echo "make test      set up .venv with dev extras and run the whole test suite"
+	@echo "make docs      build the documentation site into docs/_build/html"
+	@echo "make notebooks re-execute every notebook in full mode (commits the outputs)"
+	@echo "make lint      ruff"
+
+# Re-install when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aideploy train --model mlp --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check aideploy tests benchmarks
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+notebooks: $(STAMP)
+	AIDEPLOY_FAST=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=3600 notebooks/[0-9]*.ipynb
+
+clean:
+	rm -rf docs/_build docs/notebooks .pytest_cache

@@ -1,0 +1,167 @@
+"""Stage 02, models: the 784-64-64-10 MLP and a small CNN, built with tf-keras.
+
+Notebook: ``notebooks/02_training.ipynb``.
+
+Models are built with ``tf_keras`` (the Keras 2 API), never Keras 3, because
+tensorflow-model-optimization (pruning, quantization-aware training) only accepts
+tf-keras models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from aideploy.backend import keras
+
+from aideploy.data import IMAGE_SHAPE, NUM_FEATURES
+from aideploy.errors import ModelInputError
+
+MODEL_KINDS = ("mlp", "cnn")
+NUM_CLASSES = 10
+
+
+def build_mlp(
+    *,
+    hidden_units: Sequence[int] = (64, 64),
+    dropout: float = 0.0,
+    learning_rate: float = 1e-3,
+    num_classes: int = NUM_CLASSES,
+) -> keras.Model:
+    """The seed model: Dense 64 relu, Dense 64 relu, Dense 10 softmax; Adam; sparse CE.
+
+    With the defaults this is exactly the classic 784-64-64-10 MLP. Introduced in
+    ``02_training.ipynb``; ``tune`` varies the keyword arguments.
+
+    Args:
+        hidden_units: Units of each hidden Dense layer (relu).
+        dropout: Dropout rate after each hidden layer (0 disables it).
+        learning_rate: Adam's learning rate.
+        num_classes: Size of the softmax output.
+
+    Returns:
+        A compiled tf-keras model taking (N, 784) float32 input.
+
+    Raises:
+        ValueError: A hidden layer has no units or the dropout rate is not in [0, 1).
+    """
+    _check_architecture(hidden_units, dropout, learning_rate)
+    inputs = keras.Input(shape=(NUM_FEATURES,), name="input")
+    hidden = inputs
+    for index, units in enumerate(hidden_units, start=1):
+        hidden = keras.layers.Dense(units, activation="relu", name=f"dense_{index}")(hidden)
+        if dropout:
+            hidden = keras.layers.Dropout(dropout, name=f"dropout_{index}")(hidden)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(hidden)
+    model = keras.Model(inputs, outputs, name="mlp")
+    return _compile(model, learning_rate)
+
+
+def build_cnn(
+    *,
+    filters: Sequence[int] = (32, 64),
+    dense_units: int = 128,
+    dropout: float = 0.3,
+    learning_rate: float = 1e-3,
+    num_classes: int = NUM_CLASSES,
+) -> keras.Model:
+    """A small CNN: (Conv 3x3 relu, MaxPool 2x2) per entry of ``filters``, Dense, softmax.
+
+    Introduced in ``02_training.ipynb``.
+
+    Args:
+        filters: Filters of each convolution block.
+        dense_units: Units of the Dense layer before the output.
+        dropout: Dropout rate before the Dense layers.
+        learning_rate: Adam's learning rate.
+        num_classes: Size of the softmax output.
+
+    Returns:
+        A compiled tf-keras model taking (N, 28, 28, 1) float32 input.
+
+    Raises:
+        ValueError: An invalid layer size, dropout rate or learning rate.
+    """
+    _check_architecture(list(filters) + [dense_units], dropout, learning_rate)
+    inputs = keras.Input(shape=(*IMAGE_SHAPE, 1), name="input")
+    hidden = inputs
+    for index, count in enumerate(filters, start=1):
+        hidden = keras.layers.Conv2D(
+            count, 3, padding="same", activation="relu", name=f"conv_{index}"
+        )(hidden)
+        hidden = keras.layers.MaxPooling2D(2, name=f"pool_{index}")(hidden)
+    hidden = keras.layers.Flatten(name="flatten")(hidden)
+    if dropout:
+        hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
+    hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(hidden)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(hidden)
+    model = keras.Model(inputs, outputs, name="cnn")
+    return _compile(model, learning_rate)
+
+
+def build(kind: str, **hyperparameters: Any) -> keras.Model:
+    """Build a model by kind (``"mlp"`` or ``"cnn"``) with keyword hyperparameters.
+
+    Raises:
+        ValueError: Unknown kind.
+    """
+    if kind == "mlp":
+        return build_mlp(**hyperparameters)
+    if kind == "cnn":
+        return build_cnn(**hyperparameters)
+    raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(MODEL_KINDS)}.")
+
+
+def _check_architecture(units: Sequence[int], dropout: float, learning_rate: float) -> None:
+    if any(int(u) < 1 for u in units):
+        raise ValueError(f"every layer needs at least 1 unit, got {list(units)}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+
+
+def _compile(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def check_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Check that ``x`` fits the model's input; return it as float32.
+
+    Raises:
+        ModelInputError: The shape does not match, with a hint on how to fix it.
+    """
+    x = np.asarray(x)
+    expected = tuple(model.input_shape[1:])
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        hint = ""
+        if expected == (NUM_FEATURES,):
+            hint = ": flatten the images with data.flatten(x) or data.preprocess(x, 'mlp')"
+        elif expected == (*IMAGE_SHAPE, 1):
+            hint = ": reshape the images with data.to_image_tensor(x) or data.preprocess(x, 'cnn')"
+        raise ModelInputError(
+            f"expected input of shape (N, {', '.join(map(str, expected))}) for model "
+            f"{model.name!r}, got {x.shape}{hint}."
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ModelInputError(
+            f"expected float pixels in [0, 1], got dtype {x.dtype}: scale with data.scale(x)."
+        )
+    return x.astype(np.float32, copy=False)
+
+
+def predict_probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities for ``x`` (checked with :func:`check_input`), shape (N, classes)."""
+    x = check_input(model, x)
+    return model.predict(x, batch_size=batch_size, verbose=0)
+
+
+def count_parameters(model: keras.Model) -> int:
+    """Number of weights in the model (trainable and not)."""
+    return int(model.count_params())
