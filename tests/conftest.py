@@ -1,0 +1,66 @@
+"""Shared test set-up: fast mode, a private artifacts folder, a small trained model.
+
+Set at import time, before any test (or notebook kernel started by nbval)
+reads the configuration, so the whole suite runs in fast mode and never writes
+into the repository's own ``artifacts/`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["AIDEPLOY_FAST"] = "1"
+os.environ.setdefault("AIDEPLOY_SEED", "42")
+os.environ.setdefault("MPLBACKEND", "Agg")
+_SESSION_ARTIFACTS = Path(tempfile.mkdtemp(prefix="aideploy-test-artifacts-"))
+os.environ["AIDEPLOY_ARTIFACTS_DIR"] = str(_SESSION_ARTIFACTS)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def session_artifacts() -> Path:
+    """The artifacts folder shared by the session (and by the notebooks nbval runs)."""
+    return _SESSION_ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def mlp_splits():
+    """Fast-mode MLP data: 5,400 train, 600 validation, 2,000 test images."""
+    from aideploy import train
+
+    return train.load_splits("mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn_splits():
+    """Fast-mode CNN data, shaped (N, 28, 28, 1)."""
+    from aideploy import train
+
+    return train.load_splits("cnn")
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory) -> dict:
+    """A fast-mode MLP trained once for the session: the summary of ``train_and_save``."""
+    from aideploy import train
+
+    return train.train_and_save("mlp", tmp_path_factory.mktemp("mlp"), num_epochs=3, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory) -> dict:
+    """A fast-mode CNN trained once for the session: the summary of ``train_and_save``."""
+    from aideploy import train
+
+    return train.train_and_save("cnn", tmp_path_factory.mktemp("cnn"), num_epochs=1, verbose=0)
