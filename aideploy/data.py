@@ -433,6 +433,56 @@ def prepare(
     )
 
 
+def find_duplicates(x_first: np.ndarray, x_second: np.ndarray | None = None) -> np.ndarray:
+    """Find images that appear twice: within one set, or in both of two sets.
+
+    Introduced in ``01_data.ipynb``: duplicates across train and test inflate the
+    test accuracy a little, so a careful reader checks for them.
+
+    Args:
+        x_first: Images (N, ...).
+        x_second: Other images (M, ...), or ``None`` to look inside ``x_first``.
+
+    Returns:
+        Index pairs, shape (K, 2): ``(i, j)`` with ``x_first[i]`` equal to
+        ``x_second[j]`` (or to ``x_first[j]``, ``i < j``).
+    """
+    first_keys = [hashlib.sha1(image.tobytes()).digest() for image in np.asarray(x_first)]
+    seen: dict[bytes, list[int]] = {}
+    for index, key in enumerate(first_keys):
+        seen.setdefault(key, []).append(index)
+    pairs: list[tuple[int, int]] = []
+    if x_second is None:
+        for indices in seen.values():
+            pairs.extend((a, b) for position, a in enumerate(indices) for b in indices[position + 1 :])
+    else:
+        for j, image in enumerate(np.asarray(x_second)):
+            for i in seen.get(hashlib.sha1(image.tobytes()).digest(), []):
+                pairs.append((i, j))
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def summarize(splits: Splits) -> dict[str, Any]:
+    """What :func:`prepare` produced: source, sizes, shapes and images per class.
+
+    Introduced in ``01_data.ipynb``, which saves it as ``data_summary.json``.
+    """
+    return {
+        **splits.source,
+        "class_names": list(splits.class_names),
+        "sizes": {
+            "train": len(splits.y_train),
+            "validation": len(splits.y_val),
+            "test": len(splits.y_test),
+        },
+        "input_shape": list(splits.x_train.shape[1:]),
+        "per_class": {
+            name: np.bincount(labels, minlength=len(splits.class_names)).tolist()
+            for name, labels in (("train", splits.y_train), ("validation", splits.y_val), ("test", splits.y_test))
+        },
+    }
+
+
 def plot_samples(
     images: np.ndarray,
     labels: np.ndarray,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from aideploy.backend import keras
+from aideploy.backend import keras, native_stderr_silenced
 
 from aideploy.data import IMAGE_SHAPE, NUM_FEATURES
 from aideploy.errors import ModelInputError
@@ -159,7 +159,9 @@ def check_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
 def predict_probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities for ``x`` (checked with :func:`check_input`), shape (N, classes)."""
     x = check_input(model, x)
-    return model.predict(x, batch_size=batch_size, verbose=0)
+    # predict builds a tf.data pipeline, which logs a harmless native error line.
+    with native_stderr_silenced():
+        return model.predict(x, batch_size=batch_size, verbose=0)
 
 
 def count_parameters(model: keras.Model) -> int:

@@ -1,23 +1,11 @@
-"""Shared test set-up: fast mode, a private artifacts folder, a small trained model.
-
-Set at import time, before any test (or notebook kernel started by nbval)
-reads the configuration, so the whole suite runs in fast mode and never writes
-into the repository's own ``artifacts/`` folder.
-"""
+"""Shared fixtures: data splits and small trained models (fast mode, see ../conftest.py)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
-
-os.environ["AIDEPLOY_FAST"] = "1"
-os.environ.setdefault("AIDEPLOY_SEED", "42")
-os.environ.setdefault("MPLBACKEND", "Agg")
-_SESSION_ARTIFACTS = Path(tempfile.mkdtemp(prefix="aideploy-test-artifacts-"))
-os.environ["AIDEPLOY_ARTIFACTS_DIR"] = str(_SESSION_ARTIFACTS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +19,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def session_artifacts() -> Path:
     """The artifacts folder shared by the session (and by the notebooks nbval runs)."""
-    return _SESSION_ARTIFACTS
+    return Path(os.environ["AIDEPLOY_ARTIFACTS_DIR"])
 
 
 @pytest.fixture(scope="session")
