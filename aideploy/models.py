@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from aideploy.backend import keras, native_stderr_silenced
 
+from aideploy.backend import keras, native_stderr_silenced
 from aideploy.data import IMAGE_SHAPE, NUM_FEATURES
 from aideploy.errors import ModelInputError
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aideploy.backend import keras, native_stderr_silenced, tf
 
 from aideploy import artifacts, config, data, evaluate, models
+from aideploy.backend import keras, native_stderr_silenced, tf
 from aideploy.errors import ArtifactError, ConfigError
 
 

@@ -71,7 +71,10 @@ def test_corrupted_data_exits_cleanly(tmp_path, repo_root):
     assert not (tmp_path / "out" / "mlp.keras").exists()
 
 
-@pytest.mark.parametrize("arguments", [["train", "--model", "rnn", "--out", "x"], ["train", "--epochs", "0", "--out", "x"], ["train"]])
+@pytest.mark.parametrize(
+    "arguments",
+    [["train", "--model", "rnn", "--out", "x"], ["train", "--epochs", "0", "--out", "x"], ["train"]],
+)
 def test_bad_arguments_are_usage_errors(arguments):
     result = run_cli(*arguments)
     assert result.returncode == 2
