@@ -501,7 +501,7 @@ def plot_samples(
     num_images = min(num_images, len(images))
     columns = min(5, num_images) or 1
     rows = int(np.ceil(num_images / columns)) or 1
-    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.2 * rows))
     for index, axis in enumerate(np.atleast_1d(axes).ravel()):
         axis.axis("off")
         if index < num_images:
