@@ -162,9 +162,11 @@ def default_settings(kind: str) -> TrainSettings:
     """
     if config.fast_mode():
         return TrainSettings(num_epochs=2, batch_size=64, verbose=0)
+    # One line an epoch (verbose=2): a per-step progress bar would fill a
+    # notebook's saved output with thousands of lines.
     if kind == "cnn":
-        return TrainSettings(num_epochs=15, batch_size=64, early_stopping_patience=3)
-    return TrainSettings(num_epochs=40, batch_size=32, early_stopping_patience=5)
+        return TrainSettings(num_epochs=15, batch_size=64, early_stopping_patience=3, verbose=2)
+    return TrainSettings(num_epochs=40, batch_size=32, early_stopping_patience=5, verbose=2)
 
 
 def save(
