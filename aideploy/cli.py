@@ -72,7 +72,166 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
+# --- aideploy convert -----------------------------------------------------------
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="export a .keras model to ONNX, TFLite or a SavedModel",
+        description="Export a trained .keras model to ONNX (tf2onnx), TFLite (float32) or a "
+        "TensorFlow SavedModel, written atomically under --out with a JSON manifest. The last "
+        "line is JSON with the export's path, format and sha256.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="the .keras file to export")
+    parser.add_argument("--to", dest="format", required=True, choices=_export_formats(), help="target format")
+    parser.add_argument("--out", required=True, help="output folder for the export and its manifest")
+    parser.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: 17)")
+    parser.add_argument("--name", default=None, help="base name of the export (default: the model's stem)")
+    parser.set_defaults(handler=_run_convert)
+
+
+def _export_formats() -> tuple[str, ...]:
+    # Kept in step with aideploy.convert.FORMATS without importing TensorFlow to
+    # build the parser (a test checks that the two agree).
+    return ("onnx", "tflite", "saved_model")
+
+
+def _run_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import convert
+
+    print(f"Exporting {args.model} to {args.format}...", flush=True)
+    options = {"opset": args.opset} if args.opset is not None else {}
+    exported = convert.export(args.model, args.format, args.out, name=args.name, **options)
+    print(f"Wrote {exported.path} ({exported.size_bytes:,} bytes) and its manifest.", flush=True)
+    return exported.to_dict()
+
+
+# --- aideploy bench -------------------------------------------------------------
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark a model's runtimes (latency and throughput)",
+        description="Measure batch-1 latency and throughput of each model file (or each model in "
+        "each folder) in one process, next to model.predict, raw onnxruntime and a NumPy "
+        "reference. Prints a table; with --json the last line holds every measurement.",
+    )
+    parser.add_argument("models", metavar="MODEL_OR_DIR", nargs="+", help="model files or folders of them")
+    parser.add_argument(
+        "--batch-sizes", type=_positive_int, nargs="+", default=None, help="default: 1 32 256 4096"
+    )
+    parser.add_argument(
+        "--num-threads", type=_positive_int, default=1, help="ONNX Runtime and LiteRT threads (default: 1)"
+    )
+    parser.add_argument("--out", default=None, help="also write runtimes.csv/.json/.png into this folder")
+    parser.add_argument("--json", action="store_true", help="end with every measurement as JSON")
+    parser.add_argument("--fast", action="store_true", help="fast mode: short measurements")
+    parser.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import bench, runtime
+
+    paths = runtime.find_models(args.models)
+    overrides: dict[str, Any] = {"num_threads": args.num_threads}
+    if args.batch_sizes:
+        overrides["batch_sizes"] = tuple(args.batch_sizes)
+    settings = bench.BenchmarkSettings.for_mode(**overrides)
+    print(f"Benchmarking {', '.join(str(p) for p in paths)}...", file=sys.stderr, flush=True)
+    result = bench.benchmark(
+        paths, settings, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True)
+    )
+    saved = {kind: str(path) for kind, path in result.save(args.out).items()} if args.out else {}
+    if args.json:
+        return {**result.to_dict(), "files": saved}
+    print(result.table(), flush=True)
+    return {"models": [str(p) for p in paths], "ratios": result.to_dict()["ratios"], "files": saved}
+
+
+# --- aideploy tune --------------------------------------------------------------
+
+
+def _add_tune(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help="tune hyperparameters with Optuna (grid, random, TPE; one or two objectives)",
+        description="Search hyperparameters with Optuna in a study kept in --storage (resumed if it "
+        "exists), optionally with several worker processes, then retrain the best configuration on "
+        "train + validation and save it as <model>_tuned.keras with its manifest under --out.",
+    )
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model kind (default: mlp)")
+    parser.add_argument("--sampler", default="tpe", help="grid, random or tpe (default: tpe)")
+    parser.add_argument("--trials", type=int, required=True, help="trials this run adds to the study")
+    parser.add_argument(
+        "--objectives", default="accuracy",
+        help="accuracy, accuracy,params or accuracy,latency (default: accuracy)",
+    )
+    parser.add_argument("--pruner", default="median", help="median, halving or none (default: median)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the mode's)")
+    parser.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the final retraining")
+    parser.add_argument("--space", default=None, help="JSON file: {name: [choices] or {low, high, log}}")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/tuning.db)")
+    parser.add_argument("--study", default=None, help="study name (default: <model>-<sampler>-<objectives>)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: AIDEPLOY_SEED or 42)")
+    parser.add_argument("--fast", action="store_true", help="fast mode: a subset of the data, few epochs")
+    parser.add_argument("--out", required=True, help="output folder for the tuned model and the trials table")
+    parser.set_defaults(handler=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from aideploy import tune
+    from aideploy.errors import ConfigError
+
+    space = None
+    if args.space:
+        try:
+            mapping = json.loads(Path(args.space).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read the search space {args.space}: {error}.") from None
+        space = tune.space_from_simple_dict(args.model, mapping)
+    if args.retrain_epochs is not None and args.retrain_epochs < 1:
+        raise ConfigError(f"--retrain-epochs must be at least 1, got {args.retrain_epochs}.")
+    settings = tune.TuneSettings(
+        kind=args.model,
+        sampler=args.sampler,
+        num_trials=args.trials,
+        objectives=tuple(name.strip() for name in args.objectives.split(",") if name.strip()),
+        pruner=args.pruner,
+        num_epochs=args.epochs,
+        seed=args.seed,
+        space=space,
+    )
+    mode = "fast" if config.fast_mode() else "full"
+    print(
+        f"Tuning the {args.model.upper()} ({mode} mode): {args.sampler} search, {args.trials} trials, "
+        f"objectives {','.join(settings.objectives)}, {args.workers} worker(s)...",
+        flush=True,
+    )
+    result = tune.run(
+        settings, storage=args.storage, study_name=args.study, workers=args.workers, out_dir=args.out
+    )
+    summary = result.summary()
+    print(f"Best value {summary['best_value']} with {summary['best_params']}", flush=True)
+    print("Retraining the best configuration on train + validation...", flush=True)
+    final = tune.retrain_best(result, num_epochs=args.retrain_epochs, out_dir=args.out, seed=args.seed, verbose=2)
+    trials_path = tune.save_trials(result.study, Path(args.out) / f"{result.study.study_name}_trials.json")
+    print(f"Test accuracy {final['test_accuracy']:.4f}; saved {final['model_path']}", flush=True)
+    return {
+        **summary,
+        "test_accuracy": final["test_accuracy"],
+        "model_path": final["model_path"],
+        "manifest_path": final["manifest_path"],
+        "trials_path": str(trials_path),
+        "fast_mode": config.fast_mode(),
+    }
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_convert, _add_bench, _add_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:
