@@ -10,7 +10,7 @@ DEMO_OUT ?= artifacts/demo
 .PHONY: help venv demo test test-fast lint docs notebooks clean
 
 help:
-	@echo "make demo      set up .venv and run the pipeline (train the MLP, ...)"
+	@echo "make demo      set up .venv and run the pipeline: train, export, benchmark"
 	@echo "make test      set up .venv with dev extras and run the whole test suite"
 	@echo "make docs      build the documentation site into docs/_build/html"
 	@echo "make notebooks re-execute every notebook in full mode (commits the outputs)"
@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The pipeline so far: train and evaluate the MLP, export it to ONNX, TFLite and
+# a SavedModel, and benchmark the runtimes. The last line is the benchmark's JSON.
 demo: $(STAMP)
 	$(BIN)/aideploy train --model mlp --out $(DEMO_OUT)
+	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to onnx --out $(DEMO_OUT)
+	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to tflite --out $(DEMO_OUT)
+	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to saved_model --out $(DEMO_OUT)
+	$(BIN)/aideploy bench $(DEMO_OUT)/mlp.keras $(DEMO_OUT)/mlp.onnx $(DEMO_OUT)/mlp.tflite --json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

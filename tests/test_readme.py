@@ -41,6 +41,12 @@ def test_make_demo_runs_end_to_end(repo_root, tmp_path):
         env={**os.environ, "AIDEPLOY_FAST": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (tmp_path / "mlp.keras").is_file()
-    assert summary["test_accuracy"] > 0.6
+    for export in ("mlp.onnx", "mlp.tflite", "mlp_saved_model"):
+        assert (tmp_path / export).exists(), export
+    train_summary = next(
+        json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"model": "mlp"')
+    )
+    assert train_summary["test_accuracy"] > 0.6
+    bench_summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert bench_summary
