@@ -1,0 +1,98 @@
+"""``aideploy tune``, run as a user runs it: a subprocess of the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from aideploy import artifacts
+
+
+def run_tune(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m aideploy.cli tune --fast ARGUMENTS``."""
+    return subprocess.run(
+        [sys.executable, "-m", "aideploy.cli", "tune", "--fast", *arguments],
+        capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+    )
+
+
+def last_json_line(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_tune_then_resume_the_same_study(tmp_path):
+    """The issue's acceptance commands: 4 trials, then 2 more on the same storage."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ("--model", "mlp", "--sampler", "random", "--storage", storage, "--study", "s", "--out", str(tmp_path))
+    first = run_tune(*common, "--trials", "4")
+    assert first.returncode == 0, first.stderr
+    summary = last_json_line(first.stdout)
+    assert summary["n_trials"] == 4 and summary["n_new_trials"] == 4
+    assert 0.0 < summary["best_value"] <= 1.0
+    assert set(summary["best_params"]) == {"num_layers", "units", "dropout", "learning_rate", "batch_size"}
+    assert "trial   3" in first.stdout  # one progress line a trial
+    manifest = artifacts.verify(summary["model_path"])
+    assert manifest["metrics"]["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+    second = run_tune(*common, "--trials", "2")
+    assert second.returncode == 0, second.stderr
+    resumed = last_json_line(second.stdout)
+    assert resumed["n_trials"] == 6 and resumed["n_new_trials"] == 2
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert sorted(trial.number for trial in trials) == list(range(6))
+    assert resumed["best_value"] >= summary["best_value"]
+
+
+def test_two_workers_finish_the_same_number_of_trials_as_one(tmp_path):
+    storage = f"sqlite:///{tmp_path}/w.db"
+    counts = {}
+    for workers in ("1", "2"):
+        result = run_tune(
+            "--sampler", "grid", "--trials", "4", "--epochs", "1", "--storage", storage,
+            "--study", f"w{workers}", "--workers", workers, "--out", str(tmp_path),
+        )
+        assert result.returncode == 0, result.stderr
+        counts[workers] = last_json_line(result.stdout)["n_trials"]
+        trials = optuna.load_study(study_name=f"w{workers}", storage=storage).trials
+        assert sorted(trial.number for trial in trials) == [0, 1, 2, 3]
+        assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
+    assert counts == {"1": 4, "2": 4}
+
+
+def test_two_objectives_report_a_pareto_front(tmp_path):
+    result = run_tune("--sampler", "tpe", "--trials", "3", "--epochs", "1", "--objectives", "accuracy,params",
+                      "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = last_json_line(result.stdout)
+    assert summary["objectives"] == ["accuracy", "params"]
+    assert len(summary["best_value"]) == 2 and summary["pareto_front"]
+    assert (tmp_path / "tuning.db").is_file()  # the default storage lies in --out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--sampler", "bayes", "--trials", "2"), "unknown sampler 'bayes'"),
+        (("--trials", "0"), "at least 1"),
+        (("--trials", "2", "--objectives", "latency"), "not supported"),
+        (("--trials", "2", "--storage", "sqlite:////no/such/folder/s.db"), "does not exist"),
+        (("--trials", "2", "--storage", "nosuchdb://host/db"), "cannot open the storage"),
+        (("--trials", "2", "--space", "SPACE"), "inconsistent search space"),
+        (("--trials", "2", "--workers", "0"), "workers must be at least 1"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, arguments, message):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"units": [64], "dropout": {"low": 0.5, "high": 0.1}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_tune(*[str(space) if value == "SPACE" else value for value in arguments], "--out", str(out))
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert list(out.iterdir()) == []  # no study, no model
