@@ -412,15 +412,7 @@ def _load_source(model: Any) -> tuple[keras.Model, dict[str, Any]]:
         )
     from aideploy import train
 
-    try:
-        keras_model = train.load_model(path)
-    except ArtifactError:
-        raise
-    except Exception as error:  # Keras raises many types for an unreadable file.
-        raise ArtifactError(
-            f"cannot load {path} as a tf-keras model ({type(error).__name__}: {error}). "
-            "Check that the file is complete, or re-create it with `aideploy train`."
-        ) from None
+    keras_model = train.load_model(path)
     return keras_model, {"path": str(path.resolve()), "sha256": artifacts.sha256_of(path)}
 
 

@@ -303,15 +303,7 @@ class KerasPredictor(Predictor):
         from aideploy import train
 
         path = _existing(path)
-        try:
-            model = train.load_model(path)
-        except ArtifactError:
-            raise
-        except Exception as error:  # Keras raises many types for an unreadable file.
-            raise ArtifactError(
-                f"cannot load {path} as a tf-keras model ({type(error).__name__}: {error}). "
-                "Check that the file is complete, or re-create it with `aideploy train`."
-            ) from None
+        model = train.load_model(path)
         return cls(model, path=path, num_threads=num_threads)
 
     def predict(self, x: np.ndarray) -> np.ndarray:

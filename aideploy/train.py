@@ -223,14 +223,21 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` model saved by :func:`save` (checked against its manifest if present).
 
     Raises:
-        ArtifactError: The file is missing or does not match its manifest.
+        ArtifactError: The file is missing, does not match its manifest or cannot
+            be read as a tf-keras model.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file {path} does not exist: train one with `aideploy train`.")
     if artifacts.manifest_path(path).is_file():
         artifacts.verify(path)
-    return keras.models.load_model(path)
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # Keras raises many types for an unreadable file.
+        raise ArtifactError(
+            f"cannot load {path} as a tf-keras model ({type(error).__name__}: {error}). "
+            "Check that the file is complete, or re-create it with `aideploy train`."
+        ) from None
 
 
 #: Training and test images used in fast mode (stratified subsets).
