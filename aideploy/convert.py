@@ -189,7 +189,7 @@ def to_onnx(
             f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})."
         )
     spec = _input_spec(model)
-    function = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)})
+    function = _serving_function(model, spec)
     # tf2onnx logs its version banner and graph statistics at INFO level.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     with native_stderr_silenced():
@@ -248,8 +248,7 @@ def to_tflite(
     Raises:
         ConfigError: A model with several inputs or outputs.
     """
-    spec = _input_spec(model)
-    function = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)}, input_signature=(spec,))
+    function = _serving_function(model, _input_spec(model))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
     with native_stderr_silenced():
         flatbuffer = converter.convert()
@@ -288,8 +287,7 @@ def to_saved_model(
     Raises:
         ConfigError: A model with several inputs or outputs.
     """
-    spec = _input_spec(model)
-    serve = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)}, input_signature=(spec,))
+    serve = _serving_function(model, _input_spec(model))
 
     def write(temporary: Path) -> None:
         with native_stderr_silenced():
@@ -432,6 +430,11 @@ def _input_spec(model: keras.Model) -> tf.TensorSpec:
         )
     tensor = model.inputs[0]
     return tf.TensorSpec((None, *tensor.shape.as_list()[1:]), tensor.dtype, name=INPUT_NAME)
+
+
+def _serving_function(model: keras.Model, spec: tf.TensorSpec) -> tf.types.experimental.GenericFunction:
+    """The inference graph every format exports: ``input`` -> ``{"probabilities": ...}``."""
+    return tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)}, input_signature=(spec,))
 
 
 def _save(

@@ -1392,6 +1392,12 @@ def _quiet_experimental() -> Iterator[None]:
         yield
 
 
+def _accuracy_target(study: optuna.Study) -> Callable[[Any], float] | None:
+    # Optuna's plots need a target for multi-objective studies; accuracy is
+    # always the first objective.
+    return None if len(study.directions) == 1 else (lambda trial: trial.values[0])
+
+
 def plot_history(study: optuna.Study):
     """Optimisation history: each trial's validation accuracy and the best so far.
 
@@ -1406,12 +1412,9 @@ def plot_history(study: optuna.Study):
     from optuna.visualization.matplotlib import plot_optimization_history
 
     with _quiet_experimental():
-        if len(study.directions) == 1:
-            axes = plot_optimization_history(study, target_name="validation accuracy")
-        else:
-            axes = plot_optimization_history(
-                study, target=lambda trial: trial.values[0], target_name="validation accuracy"
-            )
+        axes = plot_optimization_history(
+            study, target=_accuracy_target(study), target_name="validation accuracy"
+        )
     axes.set_title(f"Optimisation history: {study.study_name}")
     axes.figure.tight_layout()
     return axes.figure
@@ -1431,8 +1434,9 @@ def plot_importances(study: optuna.Study):
     from optuna.visualization.matplotlib import plot_param_importances
 
     with _quiet_experimental():
-        target = None if len(study.directions) == 1 else (lambda trial: trial.values[0])
-        axes = plot_param_importances(study, target=target, target_name="validation accuracy")
+        axes = plot_param_importances(
+            study, target=_accuracy_target(study), target_name="validation accuracy"
+        )
     axes.set_title(f"Hyperparameter importances: {study.study_name}")
     axes.figure.tight_layout()
     return axes.figure
