@@ -408,6 +408,65 @@ def benchmark(
     return BenchmarkResult(rows=rows, settings=_environment(settings, predictors, layers))
 
 
+@dataclass(frozen=True)
+class Latency:
+    """Latency of repeated calls on one input.
+
+    Attributes:
+        p50_us: Median, in microseconds.
+        p99_us: 99th percentile, in microseconds.
+        mean_us: Mean, in microseconds.
+        num_calls: Timed calls.
+    """
+
+    p50_us: float
+    p99_us: float
+    mean_us: float
+    num_calls: int
+
+
+def measure_latency(
+    call: Callable[[np.ndarray], Any],
+    x: np.ndarray,
+    *,
+    num_calls: int = 200,
+    warmup_calls: int = 10,
+    max_seconds: float = 2.0,
+) -> Latency:
+    """Time ``call(x)`` repeatedly: the one latency-measuring function of aideploy.
+
+    The benchmark (:func:`benchmark`) and the latency objective of tuning
+    (``aideploy.tune``) both measure through it. Introduced in
+    ``06_conversion.ipynb``.
+
+    Args:
+        call: What to time, e.g. ``predictor.predict``.
+        x: The input it is called with (batch 1 for a latency).
+        num_calls: Timed calls at most.
+        warmup_calls: Untimed calls first (tracing, caches, thread pools).
+        max_seconds: Stop early once this much time has passed (after 10 calls).
+
+    Returns:
+        The :class:`Latency`.
+
+    Raises:
+        ConfigError: ``num_calls`` is below 10 or ``warmup_calls`` is negative.
+    """
+    if num_calls < 10 or warmup_calls < 0:
+        raise ConfigError(
+            f"measure at least 10 calls with 0 or more warm-up calls, got {num_calls} and {warmup_calls}."
+        )
+    for _ in range(warmup_calls):
+        call(x)
+    microseconds = np.array(_latency_samples(call, x, num_calls, max_seconds)) * 1e6
+    return Latency(
+        p50_us=float(np.percentile(microseconds, 50)),
+        p99_us=float(np.percentile(microseconds, 99)),
+        mean_us=float(microseconds.mean()),
+        num_calls=len(microseconds),
+    )
+
+
 def _latency_samples(
     call: Callable[[np.ndarray], Any], x: np.ndarray, calls: int, max_seconds: float
 ) -> list[float]:

@@ -100,3 +100,34 @@ def set_fast_mode(enabled: bool) -> None:
     that :func:`fast_mode` stays the one place the setting is read.
     """
     os.environ["AIDEPLOY_FAST"] = "1" if enabled else "0"
+
+
+def resolve_seed(seed: int | None = None) -> int:
+    """``seed`` if given, else the configured global seed (:func:`seed`).
+
+    The one place that turns an optional ``seed=None`` argument into a number.
+    """
+    return _configured_seed() if seed is None else int(seed)
+
+
+def resolve_out_dir(out_dir: str | os.PathLike | None = None, subfolder: str | None = None) -> Path:
+    """``out_dir`` if given, else the artifacts folder (or ``<artifacts>/<subfolder>``).
+
+    The one place that turns an optional ``out_dir=None`` argument into a folder.
+    The folder is not created here.
+
+    Args:
+        out_dir: A folder chosen by the caller, or ``None``.
+        subfolder: Where under the artifacts folder the default lies (e.g. ``"exports"``).
+
+    Returns:
+        The folder as a :class:`~pathlib.Path`.
+    """
+    if out_dir is not None:
+        return Path(out_dir)
+    folder = artifacts_dir()
+    return folder / subfolder if subfolder else folder
+
+
+# ``resolve_seed``'s parameter shadows the module function ``seed`` inside it.
+_configured_seed = seed

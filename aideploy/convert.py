@@ -107,7 +107,7 @@ def export(
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
     keras_model, source = _load_source(model)
-    out_dir = Path(out_dir) if out_dir is not None else config.artifacts_dir() / "exports"
+    out_dir = config.resolve_out_dir(out_dir, "exports")
     base = name or (Path(source["path"]).stem if source.get("path") else keras_model.name)
     path = out_dir / f"{base}{_SUFFIXES[format]}"
     if format == "onnx":

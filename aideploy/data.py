@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aideploy import config
+from aideploy import artifacts, config
 from aideploy.errors import DataError, ModelInputError
 
 FASHION_MNIST_CLASSES = (
@@ -200,7 +200,7 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         y_test=arrays["y_test"].astype(np.uint8),
         class_names=class_names,
         name=path.stem,
-        checksums={path.name: _sha256_file(path)},
+        checksums={path.name: artifacts.sha256_of(path)},
     )
 
 
@@ -227,7 +227,7 @@ def verify_checksums(folder: str | os.PathLike) -> dict[str, str]:
         path = folder / name
         if not path.is_file():
             raise DataError(f"data file {path} is missing. {_RESTORE_HINT}")
-        actual = _sha256_file(path)
+        actual = artifacts.sha256_of(path)
         if actual != digest:
             raise DataError(
                 f"data file {path} is corrupted: its SHA-256 is {actual}, but "
@@ -235,13 +235,6 @@ def verify_checksums(folder: str | os.PathLike) -> dict[str, str]:
             )
     return expected
 
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -362,7 +355,7 @@ def stratified_split(
         y,
         test_size=val_fraction,
         stratify=y,
-        random_state=config.seed() if seed is None else seed,
+        random_state=config.resolve_seed(seed),
     )
     return x_train, y_train, x_val, y_val
 
@@ -404,7 +397,7 @@ def prepare(
     Returns:
         The :class:`Splits`.
     """
-    seed = config.seed() if seed is None else seed
+    seed = config.resolve_seed(seed)
     x_all, y_all = dataset.x_train, dataset.y_train
     if train_size is not None:
         x_all, y_all = subsample(x_all, y_all, train_size, seed=seed)
@@ -430,6 +423,40 @@ def prepare(
             "test_size": test_size,
             "split_seed": seed,
         },
+    )
+
+
+#: Training and test images used in fast mode (stratified subsets).
+FAST_TRAIN_SIZE = 6000
+FAST_TEST_SIZE = 2000
+
+
+def load_splits(kind: str, *, source: str = "fashion-mnist", seed: int | None = None) -> Splits:
+    """Load and prepare the data for a model kind, subsampled in fast mode.
+
+    The one call later stages use to get the same data the models were trained
+    on: :func:`load` then :func:`prepare`. Introduced in ``01_data.ipynb``.
+
+    Args:
+        kind: ``"mlp"`` (rows of 784 features) or ``"cnn"`` (28x28x1 images).
+        source: What :func:`load` reads (default: the bundled Fashion-MNIST).
+        seed: Seed of the split and the fast-mode subsets (default: the global seed).
+
+    Returns:
+        The :class:`Splits`; in fast mode :data:`FAST_TRAIN_SIZE` training and
+        :data:`FAST_TEST_SIZE` test images.
+
+    Raises:
+        DataError: A data file is missing or corrupted.
+    """
+    dataset = load(source)
+    fast = config.fast_mode()
+    return prepare(
+        dataset,
+        kind,
+        train_size=FAST_TRAIN_SIZE if fast else None,
+        test_size=FAST_TEST_SIZE if fast else None,
+        seed=seed,
     )
 
 

@@ -70,7 +70,7 @@ def set_seed(seed: int | None = None) -> int:
     Returns:
         The seed used.
     """
-    seed = config.seed() if seed is None else seed
+    seed = config.resolve_seed(seed)
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     return seed
@@ -240,27 +240,6 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         ) from None
 
 
-#: Training and test images used in fast mode (stratified subsets).
-FAST_TRAIN_SIZE = 6000
-FAST_TEST_SIZE = 2000
-
-
-def load_splits(kind: str, *, source: str = "fashion-mnist", seed: int | None = None) -> data.Splits:
-    """Load and prepare the data for a model kind, subsampled in fast mode.
-
-    The one call later stages use to get the same data the models were trained on.
-    """
-    dataset = data.load(source)
-    fast = config.fast_mode()
-    return data.prepare(
-        dataset,
-        kind,
-        train_size=FAST_TRAIN_SIZE if fast else None,
-        test_size=FAST_TEST_SIZE if fast else None,
-        seed=seed,
-    )
-
-
 def train_and_save(
     kind: str,
     out_dir: str | os.PathLike | None = None,
@@ -290,14 +269,14 @@ def train_and_save(
         A summary: ``model``, ``test_accuracy``, ``model_path``, ``manifest_path``,
         ``epochs_run``, ``parameters``, ``training_seconds``, ``seed``.
     """
-    seed = config.seed() if seed is None else seed
+    seed = config.resolve_seed(seed)
     settings = replace(default_settings(kind), seed=seed, verbose=verbose)
     if num_epochs is not None:
         settings = replace(settings, num_epochs=num_epochs)
-    splits = load_splits(kind, source=source, seed=seed)
+    splits = data.load_splits(kind, source=source, seed=seed)
     result = train(kind, splits, settings, **hyperparameters)
     test_report, _ = evaluate.evaluate_model(result.model, splits.x_test, splits.y_test, splits.class_names)
-    out_dir = Path(out_dir) if out_dir is not None else config.artifacts_dir()
+    out_dir = config.resolve_out_dir(out_dir)
     model_path, manifest_file = save(
         result,
         out_dir / f"{kind}.keras",
@@ -324,7 +303,7 @@ def load_or_train(kind: str = "mlp", out_dir: str | os.PathLike | None = None) -
 
     Later notebooks call this, so each of them runs on its own.
     """
-    out_dir = Path(out_dir) if out_dir is not None else config.artifacts_dir()
+    out_dir = config.resolve_out_dir(out_dir)
     path = out_dir / f"{kind}.keras"
     if not path.is_file():
         train_and_save(kind, out_dir, verbose=0)

@@ -455,7 +455,7 @@ class TuneSettings:
 
     def resolved_seed(self) -> int:
         """The seed: the setting, or the global seed."""
-        return config.seed() if self.seed is None else self.seed
+        return config.resolve_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready data (worker processes rebuild them from it)."""
@@ -539,7 +539,7 @@ def default_storage_url(out_dir: str | os.PathLike | None = None) -> str:
     Returns:
         The storage URL.
     """
-    folder = Path(out_dir) if out_dir is not None else config.artifacts_dir()
+    folder = config.resolve_out_dir(out_dir)
     return f"sqlite:///{folder.resolve() / 'tuning.db'}"
 
 
@@ -749,16 +749,12 @@ def measure_latency(model: keras.Model, *, repeats: int = 100, warmup: int = 10)
     Returns:
         Microseconds per batch-1 call.
     """
+    from aideploy import bench
+
     x = tf.zeros((1, *model.input_shape[1:]), dtype=tf.float32)
     call = tf.function(lambda inputs: model(inputs, training=False))
-    for _ in range(warmup):
-        call(x)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call(x).numpy()
-        timings.append(time.perf_counter() - started)
-    return float(np.median(timings) * 1e6)
+    latency = bench.measure_latency(lambda inputs: call(inputs).numpy(), x, num_calls=repeats, warmup_calls=warmup)
+    return latency.p50_us
 
 
 def make_objective(
@@ -938,7 +934,7 @@ def run(
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"the number of workers must be at least 1, got {workers!r}.")
-    folder = Path(out_dir) if out_dir is not None else config.artifacts_dir()
+    folder = config.resolve_out_dir(out_dir)
     if storage is None:
         folder.mkdir(parents=True, exist_ok=True)
     storage_url = storage if storage is not None else default_storage_url(folder)
@@ -963,7 +959,7 @@ def run(
     started = time.perf_counter()
     try:
         if workers == 1:
-            splits = splits if splits is not None else train.load_splits(settings.kind, seed=settings.resolved_seed())
+            splits = splits if splits is not None else data.load_splits(settings.kind, seed=settings.resolved_seed())
             _optimize(study, settings, splits, settings.num_trials, run_id=run_id, progress=progress)
         else:
             _run_workers(study_name, storage_url, settings, workers, run_id=run_id, progress=progress)
@@ -1190,7 +1186,7 @@ def _worker_main(arguments: Sequence[str]) -> int:
         settings = TuneSettings.from_dict(spec["settings"])
         storage = open_storage(spec["storage"])
         study, _ = _open_study(storage, spec["study_name"], settings, sampler_offset=1 + options.index)
-        splits = train.load_splits(settings.kind, seed=settings.resolved_seed())
+        splits = data.load_splits(settings.kind, seed=settings.resolved_seed())
         _optimize(
             study,
             settings,
@@ -1271,8 +1267,8 @@ def retrain_best(
         if kind is None:
             raise ConfigError("give the model kind (kind='mlp' or 'cnn') to retrain the best trial of this study.")
     chosen = best_trial(study)
-    seed = config.seed() if seed is None else seed
-    splits = splits if splits is not None else train.load_splits(kind, seed=seed)
+    seed = config.resolve_seed(seed)
+    splits = splits if splits is not None else data.load_splits(kind, seed=seed)
     merged = merge_train_and_validation(splits)
     build_arguments, batch_size = hyperparameters(kind, chosen.params)
     num_epochs = num_epochs if num_epochs is not None else config.fast_or_full(2, 30)
@@ -1285,7 +1281,7 @@ def retrain_best(
         train.TrainSettings(num_epochs=num_epochs, batch_size=batch_size, seed=seed, verbose=verbose),
     )
     report, _ = evaluate.evaluate_model(fitted.model, splits.x_test, splits.y_test, splits.class_names)
-    folder = Path(out_dir) if out_dir is not None else config.artifacts_dir()
+    folder = config.resolve_out_dir(out_dir)
     model_path, manifest_path = train.save(
         fitted,
         folder / f"{kind}_tuned.keras",

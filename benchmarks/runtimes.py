@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from aideploy import bench, config, convert, runtime, train
+from aideploy import bench, config, convert, data, runtime, train
 
 #: The conversion stage's targets (see notebooks/06_conversion.ipynb).
 MAX_BATCH1_COST_VS_RAW_ONNX = 1.5
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  exported {export.format:<11} {export.path} ({export.size_bytes:,} bytes)")
 
     kind = "mlp" if runtime.load(exports["onnx"].path).input.shape[1:] == (784,) else "cnn"
-    splits = train.load_splits(kind)
+    splits = data.load_splits(kind)
     parity = runtime.parity_report(model_path, [e.path for e in exports.values()], splits.x_test, splits.y_test)
     print("\nParity with tf-keras on the whole test set:")
     print(parity.table())

@@ -25,17 +25,17 @@ def session_artifacts() -> Path:
 @pytest.fixture(scope="session")
 def mlp_splits():
     """Fast-mode MLP data: 5,400 train, 600 validation, 2,000 test images."""
-    from aideploy import train
+    from aideploy import data
 
-    return train.load_splits("mlp")
+    return data.load_splits("mlp")
 
 
 @pytest.fixture(scope="session")
 def cnn_splits():
     """Fast-mode CNN data, shaped (N, 28, 28, 1)."""
-    from aideploy import train
+    from aideploy import data
 
-    return train.load_splits("cnn")
+    return data.load_splits("cnn")
 
 
 @pytest.fixture(scope="session")
