@@ -12,9 +12,12 @@ one format works against the others.
 The routes are the ones that work with tf-keras models here (see DESIGN.md):
 ``tf2onnx.convert.from_function`` on a ``tf.function`` that calls the model in
 inference mode, ``tf.lite.TFLiteConverter.from_keras_model`` and
-``tf.saved_model.save`` with an explicit serving signature. They work for plain,
-pruned and quantization-aware tf-keras models alike. Running the exports is
-:mod:`aideploy.runtime`'s job.
+``tf.saved_model.save`` with an explicit serving signature. They work for plain
+and pruned tf-keras models alike. A quantization-aware model (tfmot
+``quantize_model``) goes to ONNX through :mod:`aideploy.qdq` instead, which
+writes a QuantizeLinear/DequantizeLinear graph with TensorFlow's own scales and
+zero points (tf2onnx gets them wrong; the module says how). Running the exports
+is :mod:`aideploy.runtime`'s job.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aideploy import artifacts, config
+import numpy as np
+
+from aideploy import artifacts, config, qdq
 from aideploy.backend import keras, native_stderr_silenced, tf
 from aideploy.errors import ArtifactError, ConfigError
 
@@ -159,13 +164,17 @@ def to_onnx(
     opset: int = DEFAULT_OPSET,
     source: dict[str, Any] | None = None,
 ) -> Export:
-    """Convert a tf-keras model to ONNX with tf2onnx and check the result.
+    """Convert a tf-keras model to ONNX and check the result.
 
-    The model is traced as ``tf.function(lambda x: {"probabilities": model(x,
-    training=False)})`` with an input signature named ``input`` whose batch
-    dimension is ``None``; tf2onnx then names the graph's output after the dict
-    key. The batch dimension is renamed ``batch`` and ``onnx.checker`` validates
-    the graph before it is written. Introduced in ``06_conversion.ipynb``.
+    A plain or pruned model is traced as ``tf.function(lambda x:
+    {"probabilities": model(x, training=False)})`` with an input signature named
+    ``input`` whose batch dimension is ``None`` and converted with tf2onnx, which
+    names the graph's output after the dict key. A quantization-aware (tfmot)
+    model becomes a QDQ graph built by :func:`aideploy.qdq.to_onnx_model` from
+    its quantizers' ranges, with the same scales and zero points as its TFLite
+    int8 conversion; the manifest records that route. Either way the batch
+    dimension is named ``batch`` and ``onnx.checker`` validates the graph before
+    it is written. Introduced in ``06_conversion.ipynb``.
 
     Args:
         model: A tf-keras model with one input and one output.
@@ -177,11 +186,12 @@ def to_onnx(
         The :class:`Export`.
 
     Raises:
-        ConfigError: Unsupported opset or a model with several inputs/outputs.
-        ArtifactError: The converted graph fails ``onnx.checker``.
+        ConfigError: Unsupported opset, a model with several inputs/outputs, or
+            a quantization-aware model with layers the QDQ export does not handle.
+        ArtifactError: The converted graph fails ``onnx.checker``, or a
+            quantization-aware model has not been trained (its ranges are unset).
     """
     import onnx
-    import tf2onnx
 
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(
@@ -189,6 +199,38 @@ def to_onnx(
             f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})."
         )
     spec = _input_spec(model)
+    if qdq.is_quantization_aware(model):
+        model_proto, params, versions = _qat_to_onnx(model, spec, opset)
+    else:
+        model_proto, params, versions = _tf2onnx(model, spec, opset)
+    model_proto.producer_name = "aideploy.convert.to_onnx"
+    try:
+        onnx.checker.check_model(model_proto, full_check=True)
+    except onnx.checker.ValidationError as error:
+        # tf2onnx keeps going past ops it cannot convert (continue_on_error);
+        # the checker is where that surfaces.
+        first_line = str(error).strip().splitlines()[0]
+        raise ArtifactError(
+            f"{params['converter']} produced an invalid ONNX graph for model {model.name!r} ({first_line}). "
+            "Unconverted TensorFlow ops are the usual cause: other opsets "
+            f"({SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}) or the TFLite export may work."
+        ) from None
+    return _save(
+        path,
+        lambda temporary: onnx.save_model(model_proto, os.fspath(temporary)),
+        fmt="onnx",
+        model=model,
+        source=source,
+        params={"opset": opset, **params},
+        versions={**versions, "onnx": onnx.__version__, "tensorflow": tf.__version__},
+        extra={"opset": opset},
+    )
+
+
+def _tf2onnx(model: keras.Model, spec: tf.TensorSpec, opset: int) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The tf2onnx route for plain and pruned models: graph, manifest params, versions."""
+    import tf2onnx
+
     function = _serving_function(model, spec)
     # tf2onnx logs its version banner and graph statistics at INFO level.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
@@ -198,29 +240,31 @@ def to_onnx(
         dimensions = value.type.tensor_type.shape.dim
         if dimensions and not dimensions[0].HasField("dim_value"):
             dimensions[0].dim_param = BATCH_DIMENSION
-    model_proto.producer_name = "aideploy.convert.to_onnx"
-    try:
-        onnx.checker.check_model(model_proto, full_check=True)
-    except onnx.checker.ValidationError as error:
-        # tf2onnx keeps going past ops it cannot convert (continue_on_error);
-        # the checker is where that surfaces.
-        first_line = str(error).strip().splitlines()[0]
-        raise ArtifactError(
-            f"tf2onnx produced an invalid ONNX graph for model {model.name!r} ({first_line}). "
-            "Unconverted TensorFlow ops are the usual cause: a quantization-aware model must be "
-            "trained (or calibrated) for at least one step so its fake-quant ranges are set; "
-            f"other opsets ({SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}) may also help."
-        ) from None
-    return _save(
-        path,
-        lambda temporary: onnx.save_model(model_proto, os.fspath(temporary)),
-        fmt="onnx",
-        model=model,
-        source=source,
-        params={"opset": opset, "converter": "tf2onnx.convert.from_function"},
-        versions={"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "tensorflow": tf.__version__},
-        extra={"opset": opset},
-    )
+    return model_proto, {"converter": "tf2onnx.convert.from_function"}, {"tf2onnx": tf2onnx.__version__}
+
+
+def _qat_to_onnx(model: keras.Model, spec: tf.TensorSpec, opset: int) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The QDQ route for quantization-aware models: graph, manifest params, versions."""
+    import tensorflow_model_optimization as tfmot
+
+    model_proto, details = qdq.to_onnx_model(
+        model, spec.shape.as_list()[1:], opset=opset, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        batch_dimension=BATCH_DIMENSION,
+    )  # fmt: skip
+    params = {
+        "converter": "aideploy.qdq.to_onnx_model",
+        "quantization": {
+            "format": "QDQ",
+            "route": "QuantizeLinear/DequantizeLinear built with onnx.helper from the tfmot quantizers",
+            "scales_origin": qdq.SCALES_ORIGIN,
+            "activations": details["activations"],
+            "weights": [
+                {"layer": w["layer"], "per_channel": w["per_channel"], "num_scales": len(np.atleast_1d(w["scale"]))}
+                for w in details["weights"]
+            ],
+        },
+    }
+    return model_proto, params, {"tensorflow_model_optimization": tfmot.__version__}
 
 
 def to_tflite(
@@ -273,8 +317,11 @@ def to_saved_model(
 
     The ``serving_default`` signature takes ``input`` (batch dimension ``None``)
     and returns ``{"probabilities": ...}``: what TensorFlow Serving, TF.js's
-    converter and ``tf.saved_model.load`` expect. Introduced in
-    ``06_conversion.ipynb``.
+    converter and ``tf.saved_model.load`` expect. The folder is for inference, so
+    it holds the model's variables and the signature only: saving the compiled
+    Keras model itself would also write the optimizer's state (Adam keeps two
+    slots a weight, which made the folder about 3x the parameters' bytes).
+    Introduced in ``06_conversion.ipynb``.
 
     Args:
         model: A tf-keras model with one input and one output.
@@ -288,10 +335,15 @@ def to_saved_model(
         ConfigError: A model with several inputs or outputs.
     """
     serve = _serving_function(model, _input_spec(model))
+    # A bare module that tracks the model's variables (trainable and not) and the
+    # serving function, but not the model object and hence not its optimizer.
+    module = tf.Module(name=f"{model.name}_serving")
+    module.model_variables = list(model.variables)
+    module.serve = serve
 
     def write(temporary: Path) -> None:
         with native_stderr_silenced():
-            tf.saved_model.save(model, os.fspath(temporary), signatures={"serving_default": serve})
+            tf.saved_model.save(module, os.fspath(temporary), signatures={"serving_default": serve})
 
     return _save(
         path,
@@ -299,7 +351,7 @@ def to_saved_model(
         fmt="saved_model",
         model=model,
         source=source,
-        params={"converter": "tf.saved_model.save", "signature": "serving_default"},
+        params={"converter": "tf.saved_model.save", "signature": "serving_default", "optimizer_state": False},
         versions={"tensorflow": tf.__version__},
     )
 
