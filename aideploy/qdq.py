@@ -79,6 +79,7 @@ WORKING_ROUTE = (
 )
 
 _ACTIVATIONS = ("linear", "relu", "softmax")
+_TFMOT = "tensorflow_model_optimization."
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,16 @@ def is_quantization_aware(model: Any) -> bool:
     Returns:
         ``True`` for a quantization-aware model.
     """
-    try:
-        from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
-    except ImportError:  # without tfmot there can be no tfmot layers
+    layers = [layer for layer in getattr(model, "layers", ()) if type(layer).__module__.startswith(_TFMOT)]
+    if not layers:  # plain and pruned models never import tfmot here
         return False
-    kinds = (quantize_layer.QuantizeLayer, quantize_wrapper.QuantizeWrapper)
-    return any(isinstance(layer, kinds) for layer in getattr(model, "layers", ()))
+    import tensorflow_model_optimization as tfmot
+
+    # QuantizeLayer is not part of tfmot's public API; its class name and module identify it.
+    return any(
+        isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer"
+        for layer in layers
+    )
 
 
 @dataclass

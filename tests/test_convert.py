@@ -298,6 +298,34 @@ def test_quantization_aware_model_exports_a_qdq_graph_with_tflites_scales(kind, 
     assert len(params["quantization"]["activations"]) == node_types.count("QuantizeLinear")
 
 
+def test_quantization_aware_export_runs_at_every_supported_opset(qat_mlp, mlp_splits, tmp_path):
+    import onnx
+
+    x = mlp_splits.x_test[:200]
+    expected = qat_mlp.predict(x, verbose=0).argmax(axis=1)
+    for opset in convert.SUPPORTED_OPSETS:
+        export = convert.export(qat_mlp, "onnx", tmp_path, name=f"qat-{opset}", opset=opset)
+        assert {e.domain: e.version for e in onnx.load(str(export.path)).opset_import}[""] == opset
+        assert np.mean(runtime.load(export.path).predict(x).argmax(axis=1) == expected) >= 0.99, opset
+
+
+def test_quantization_aware_model_with_branches_is_refused_with_the_working_route(mlp_splits, tmp_path):
+    import tensorflow_model_optimization as tfmot
+
+    from aideploy.backend import keras
+
+    inputs = keras.Input(shape=(784,), name="input")
+    left = keras.layers.Dense(8, activation="relu")(inputs)
+    right = keras.layers.Dense(8, activation="relu")(inputs)
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Add()([left, right]))
+    model = tfmot.quantization.keras.quantize_model(keras.Model(inputs, outputs, name="branches"))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(mlp_splits.x_train[:64], mlp_splits.y_train[:64], epochs=1, verbose=0)
+    with pytest.raises(ConfigError, match="chain of layers only.*TFLiteConverter.*Optimize.DEFAULT"):
+        convert.export(model, "onnx", tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def test_fake_quant_parameters_follow_tensorflows_nudging():
     from aideploy import qdq
     from aideploy.backend import tf
