@@ -5,10 +5,9 @@ quantization-aware training). :func:`aideploy.convert.to_onnx` calls
 :func:`to_onnx_model` for every model that :func:`is_quantization_aware` says
 was made by ``tfmot.quantization.keras.quantize_model``.
 
-Why not tf2onnx
----------------
-A QAT model's inference graph holds ``FakeQuantWithMinMaxVars`` ops (per
-channel for Conv2D kernels). tf2onnx 1.17 converts them poorly:
+**Why not tf2onnx.** A QAT model's inference graph holds
+``FakeQuantWithMinMaxVars`` ops (per channel for Conv2D kernels). tf2onnx 1.17
+converts them poorly:
 
 - its handler refuses ``narrow_range=True`` (every tfmot weight quantizer is
   symmetric and narrow-range) and it has no handler for
@@ -26,13 +25,14 @@ channel for Conv2D kernels). tf2onnx 1.17 converts them poorly:
   uses uint8 where TFLite uses int8, and divides by zero on an untrained model's
   unset input range (AllValuesQuantizer starts at min = max = 0).
 
-Post-processing tf2onnx's graph would mean mapping its generated node names back
-to Keras layers to find each weight's quantizer. The QAT models here are chains
-of Dense, Conv2D, MaxPooling2D, Flatten and Dropout layers, so this module
-builds the QDQ graph itself with ``onnx.helper``, straight from the tfmot
-quantizer variables (option (b) of the design note; option (a), fixing
-tf2onnx's output, needs that name mapping; the TFLite-to-ONNX route adds a
-requantized softmax output that the QAT model does not have):
+**What this module does instead.** Fixing tf2onnx's output afterwards would
+mean mapping its generated node names back to Keras layers to find each
+weight's quantizer, and converting the TFLite int8 model with
+``tf2onnx.convert.from_tflite`` yields a graph with TFLite's tensor names and a
+requantized softmax output that the QAT model does not have. The QAT models
+here are chains of Dense, Conv2D, MaxPooling2D, Flatten and Dropout layers, so
+this module builds the QDQ graph itself with ``onnx.helper``, straight from the
+tfmot quantizer variables:
 
 - every quantizer's min/max is nudged exactly as
   ``tf.quantization.fake_quant_with_min_max_vars`` does (``Nudge`` in
@@ -51,9 +51,13 @@ requantized softmax output that the QAT model does not have):
 
 The result has the same scales and zero points as the TFLite int8 model that
 ``TFLiteConverter`` (``optimizations=[tf.lite.Optimize.DEFAULT]``) makes from the
-same QAT model: what ONNX Runtime's QDQ kernels and TensorRT's explicit
+same QAT model: the form ONNX Runtime's QDQ kernels and TensorRT's explicit
 quantization read. The softmax output stays float, as in the QAT model itself
-(TFLite's int8 softmax adds a 1/256 output quantization of its own).
+(TFLite's int8 softmax adds a 1/256 output quantization of its own). One caveat
+for TensorRT: it takes int8 Q/DQ with zero points of 0 only, while tfmot's
+default scheme quantizes activations asymmetrically (non-zero zero points); a
+model meant for TensorRT needs symmetric activation quantizers (a custom
+``QuantizeConfig``) before this export.
 """
 
 from __future__ import annotations
