@@ -259,7 +259,7 @@ class BenchmarkResult:
         import matplotlib.pyplot as plt
 
         if axes is None:
-            figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+            figure, axes = plt.subplots(1, 2, figsize=(13, 5))
         else:
             figure = axes[0].figure
         throughput_axis, latency_axis = axes
@@ -275,7 +275,6 @@ class BenchmarkResult:
             )
         throughput_axis.set(xscale="log", yscale="log", xlabel="batch size", ylabel="examples / s")
         throughput_axis.set_title("Throughput (higher is better)")
-        throughput_axis.legend(fontsize="small")
         throughput_axis.grid(True, which="both", alpha=0.3)
         measured = [(label, self.get(label, 1)) for label in self.labels()]
         measured = [(label, row) for label, row in measured if row and row.get("p50_us") is not None]
@@ -286,7 +285,10 @@ class BenchmarkResult:
         latency_axis.set(xscale="log", xlabel="microseconds (bar: p50, whisker: p99)")
         latency_axis.set_title("Batch-1 latency (lower is better)")
         latency_axis.invert_yaxis()
-        figure.tight_layout()
+        # The legend goes under both plots, where it covers no line or bar.
+        handles, names = throughput_axis.get_legend_handles_labels()
+        figure.legend(handles, names, loc="lower center", ncol=4, fontsize="small", frameon=False)
+        figure.tight_layout(rect=(0, 0.12, 1, 1))
         return figure
 
     def save(self, out_dir: str | os.PathLike, *, name: str = "runtimes") -> dict[str, Path]:
