@@ -318,3 +318,27 @@ def test_benchmark_settings_are_checked():
     with pytest.raises(ConfigError, match="unknown order 'sideways'"):
         bench.BenchmarkSettings(order="sideways")
     assert bench.BenchmarkSettings.for_mode(num_threads=2, order="reverse").order == "reverse"
+
+
+def test_bench_command_prints_the_table_then_a_short_json_line(mlp_exports, tmp_path, capsys):
+    from aideploy import cli
+
+    folder = mlp_exports["onnx"].path.parent
+    argv = ["bench", str(mlp_exports["onnx"].path), str(mlp_exports["tflite"].path), "--batch-sizes", "1", "4"]
+    assert cli.main([*argv, "--fast", "--order", "reverse", "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("CPU: ") and "threads per runtime: 1" in line for line in out)
+    assert any("GMAC/s @4" in line for line in out)
+    assert len(out[-1]) < 1500  # a short last line; the full results are in the file it names
+    summary = json.loads(out[-1])
+    assert summary["order"] == "reverse" and summary["num_threads"] == 1
+    assert summary["ratios"][bench.REFERENCE_RAW_ONNX]["batch1_cost_vs_raw_onnxruntime"] == 1.0
+    saved = json.loads(open(summary["files"]["json"]).read())
+    assert saved["settings"]["order"] == "reverse"
+    assert saved["settings"]["measured_sequence"][:4] == [
+        bench.REFERENCE_NUMPY,
+        "aideploy tflite",
+        bench.REFERENCE_RAW_ONNX,
+        "aideploy onnxruntime",
+    ]
+    assert str(folder) in summary["models"][0]
