@@ -82,7 +82,7 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
         (("--trials", "2", "--objectives", "latency"), "not supported"),
         (("--trials", "2", "--storage", "sqlite:////no/such/folder/s.db"), "does not exist"),
         (("--trials", "2", "--storage", "nosuchdb://host/db"), "cannot open the storage"),
-        (("--trials", "2", "--space", "SPACE"), "inconsistent search space"),
+        (("--trials", "2", "--space", "SPACE"), "invalid search space"),
         (("--trials", "2", "--workers", "0"), "workers must be at least 1"),
     ],
 )
