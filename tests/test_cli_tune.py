@@ -96,3 +96,39 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, arguments, message):
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
     assert list(out.iterdir()) == []  # no study, no model
+
+
+VALID_SPACE = {"num_layers": [1], "units": [16, 32], "dropout": [0.0], "learning_rate": [1e-3], "batch_size": [128]}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "space", "message"),
+    [
+        (("--sampler", "nosuch"), None, "unknown sampler 'nosuch': use one of grid, random, tpe."),
+        (("--sampler", "grid"), {**VALID_SPACE, "dropout": {"low": 0.0, "high": 1.0, "grid_points": 3}},
+         "dropout must be a number in [0, 1), but the space allows 1.0"),
+        (("--sampler", "random"), {**VALID_SPACE, "learning_rate": {"low": 0.0, "high": 0.01}},
+         "learning_rate must be a number > 0, but the space allows 0.0"),
+        (("--sampler", "grid"), {**VALID_SPACE, "units": []}, "'units' has an empty list of choices"),
+        (("--sampler", "grid"), {**VALID_SPACE, "batch_size": {"low": 256, "high": 32, "integer": True}},
+         "batch_size: low (256) must not be above high (32)"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_paragraph_before_tensorflow_loads(tmp_path, arguments, space, message):
+    """What the command checks up front fails in a second, as one paragraph, without loading TensorFlow."""
+    extra = []
+    if space is not None:
+        (tmp_path / "space.json").write_text(json.dumps(space))
+        extra = ["--space", str(tmp_path / "space.json")]
+    argv = ["tune", *arguments, "--trials", "2", *extra, "--out", str(tmp_path / "out")]
+    program = (
+        "import sys; from aideploy import cli; "
+        f"status = cli.main({argv!r}); print(status, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ))
+    assert result.stdout.strip().splitlines()[-1] == "2 False"  # exit status 2, TensorFlow never imported
+    error = result.stderr.strip()
+    assert error.startswith("aideploy tune: error: ") and "\n\n" not in error and "Traceback" not in error
+    assert message in " ".join(error.split())
+    assert not (tmp_path / "out").exists()

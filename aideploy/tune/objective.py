@@ -121,6 +121,7 @@ def make_objective(
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("parameters", models.count_parameters(model))
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("train_images", len(splits.x_train))
         if pruning is not None and pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         accuracy = float(max(val_accuracy))

@@ -101,6 +101,12 @@ def _accuracy_target(study: optuna.Study) -> Callable[[Any], float] | None:
     return None if len(study.directions) == 1 else (lambda trial: trial.values[0])
 
 
+def _legend_outside(axes: Any) -> None:
+    # Beside the plot, a legend can cover no point, whatever the trials look like.
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def plot_history(study: optuna.Study):
     """Optimisation history: each trial's validation accuracy and the best so far.
 
@@ -119,6 +125,7 @@ def plot_history(study: optuna.Study):
             study, target=_accuracy_target(study), target_name="validation accuracy"
         )
     axes.set_title(f"Optimisation history: {study.study_name}")
+    _legend_outside(axes)
     axes.figure.tight_layout()
     return axes.figure
 
@@ -171,6 +178,7 @@ def plot_pareto_front(study: optuna.Study):
     if objectives[1] == "params":
         axes.set_yscale("log")
     axes.set_title(f"Pareto front: {study.study_name}")
+    _legend_outside(axes)
     axes.figure.tight_layout()
     return axes.figure
 
@@ -262,8 +270,7 @@ def plot_sampler_comparison(studies: Mapping[str, optuna.Study], *, x: str = "tr
     axes.set_xlabel("trials" if x == "trials" else "trial time spent (s)")
     axes.set_ylabel("best validation accuracy so far")
     axes.set_title("Best so far, by trial" if x == "trials" else "Best so far, by time spent")
-    # Curves rise to the right: the lower right corner is where the legend covers least.
-    axes.legend(loc="lower right")
+    _legend_outside(axes)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure

@@ -104,8 +104,8 @@ def load_splits_file(path: str | os.PathLike) -> data.Splits:
 
 
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-#: Lines of a failed worker's output quoted in the error the parent raises.
-FAILURE_TAIL_LINES = 12
+#: At most this many lines of a failed worker's output are quoted in the error the parent raises.
+FAILURE_TAIL_LINES = 8
 #: How long a worker waits for the others to be ready before it starts anyway.
 START_TIMEOUT_SECONDS = 600
 
@@ -190,12 +190,32 @@ def run_workers(
     if failed:
         # The first worker to fail is the cause; the others were stopped because of it.
         index, code = min(failed, key=lambda item: (item[1] < 0, item[0]))
-        tail = " | ".join(line[:300] for line in tails[index][-FAILURE_TAIL_LINES:])
         raise AideployError(
-            f"tuning worker {index} failed with exit status {code}; the end of its output: "
-            f"{tail or '(no output)'}. The study keeps its complete trials; fix the cause and run "
-            "the command again to resume it."
+            f"tuning worker {index} failed with exit status {code}; it reported: "
+            f"{failure_summary(tails[index]) or '(no output)'}. The study keeps its complete trials; "
+            "fix the cause and run the command again to resume it."
         )
+
+
+def failure_summary(lines: Sequence[str], *, max_lines: int = FAILURE_TAIL_LINES) -> str:
+    """The telling lines of a failed process's output, joined by `` | ``.
+
+    After a Python traceback these are its unindented lines (the exception and its
+    message; the stack frames are left out); otherwise the last ``max_lines`` lines.
+
+    Args:
+        lines: The output, one line an entry.
+        max_lines: At most this many lines are quoted.
+
+    Returns:
+        The summary (empty for no output).
+    """
+    starts = [index for index, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        chosen = [line for line in lines[starts[-1] + 1 :] if line.strip() and not line[0].isspace()]
+    else:
+        chosen = [line for line in lines if line.strip()]
+    return " | ".join(line.strip()[:300] for line in chosen[-max_lines:])
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -235,7 +255,7 @@ def _relay_output(processes: list[subprocess.Popen], *, show: bool) -> list[list
             if processes[index].wait() != 0:
                 _stop(processes)
             continue
-        tails[index] = (tails[index] + [line])[-40:]
+        tails[index] = (tails[index] + [line])[-200:]
         if show:
             print(f"[worker {index}] {line}", flush=True)
     for process in processes:
