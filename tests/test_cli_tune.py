@@ -115,12 +115,22 @@ VALID_SPACE = {"num_layers": [1], "units": [16, 32], "dropout": [0.0], "learning
     ],
 )
 def test_bad_settings_exit_2_with_one_paragraph_before_tensorflow_loads(tmp_path, arguments, space, message):
+    check_fails_before_tensorflow(tmp_path, arguments, space, message, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_folder_exits_2_before_tensorflow_loads(tmp_path):
+    check_fails_before_tensorflow(tmp_path, ("--sampler", "random"), None, "cannot create the output folder",
+                                  out="/proc/forbidden")
+
+
+def check_fails_before_tensorflow(tmp_path, arguments, space, message, *, out) -> None:
     """What the command checks up front fails in a second, as one paragraph, without loading TensorFlow."""
     extra = []
     if space is not None:
         (tmp_path / "space.json").write_text(json.dumps(space))
         extra = ["--space", str(tmp_path / "space.json")]
-    argv = ["tune", *arguments, "--trials", "2", *extra, "--out", str(tmp_path / "out")]
+    argv = ["tune", *arguments, "--trials", "2", *extra, "--out", str(out)]
     program = (
         "import sys; from aideploy import cli; "
         f"status = cli.main({argv!r}); print(status, 'tensorflow' in sys.modules)"
@@ -131,4 +141,3 @@ def test_bad_settings_exit_2_with_one_paragraph_before_tensorflow_loads(tmp_path
     error = result.stderr.strip()
     assert error.startswith("aideploy tune: error: ") and "\n\n" not in error and "Traceback" not in error
     assert message in " ".join(error.split())
-    assert not (tmp_path / "out").exists()

@@ -13,21 +13,28 @@ from aideploy.errors import AideployError, ConfigError
 # --- worker processes -------------------------------------------------------------------
 
 
-def test_two_workers_share_one_study_without_lost_or_duplicate_trials(tmp_path, capsys):
+def test_two_workers_share_one_study_without_lost_or_duplicate_trials(tmp_path, mlp_splits, capsys):
+    """Two workers run exactly the trials asked for, both contribute, and tune on the data given to run()."""
+    import dataclasses
+
     url = sqlite_url(tmp_path)
+    small = dataclasses.replace(mlp_splits, x_train=mlp_splits.x_train[:1000], y_train=mlp_splits.y_train[:1000])
     settings = tiny_settings(sampler="grid", num_trials=4, pruner="none")
-    result = tune.run(settings, storage=url, study_name="w", workers=2)
+    result = tune.run(settings, storage=url, study_name="w", workers=2, splits=small)
     trials = optuna.load_study(study_name="w", storage=url).trials
     assert sorted(trial.number for trial in trials) == [0, 1, 2, 3]
     assert {trial.state.name for trial in trials} == {"COMPLETE"}
     assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
     assert result.n_trials == 4 and result.n_new_trials == 4
+    assert {trial.user_attrs["train_images"] for trial in trials} == {1000}  # the given data, not the default
+    assert {trial.user_attrs["worker"] for trial in trials} == {0, 1}  # both workers ran trials
     output = capsys.readouterr().out
-    assert "Starting 2 workers with 1 TensorFlow thread(s) each" in output
+    assert f"Starting 2 workers with {tune.worker_thread_count(2)} TensorFlow thread(s) each" in output
     assert output.count("[worker ") >= 4  # each trial's line, relayed from its worker
-    # A second run with random search adds to the same study through both workers.
+    # A second run with random search and the default data adds to the same study through both workers.
     more = tune.run(tiny_settings(num_trials=3), storage=url, study_name="w", workers=2, progress=False)
     assert sorted(trial.number for trial in more.study.trials) == list(range(7))
+    assert {trial.user_attrs["train_images"] for trial in more.study.trials[4:]} == {len(mlp_splits.x_train)}
 
 
 def test_failure_summary_quotes_the_exception_not_the_stack():
@@ -45,19 +52,6 @@ def test_worker_count_is_checked(tmp_path):
     assert not (tmp_path / "studies.db").exists()
     assert tune.worker_thread_count(1) >= tune.worker_thread_count(2) >= 1
     assert np.isclose(tune.worker_thread_count(10**6), 1)
-
-
-def test_workers_tune_on_the_data_they_are_given(tmp_path, mlp_splits):
-    """Data handed to run() reaches the workers (not the default data set), and each worker runs trials."""
-    import dataclasses
-
-    small = dataclasses.replace(mlp_splits, x_train=mlp_splits.x_train[:1000], y_train=mlp_splits.y_train[:1000])
-    result = tune.run(tiny_settings(num_trials=4, pruner="none"), storage=sqlite_url(tmp_path), study_name="d",
-                      workers=2, splits=small, progress=False)
-    trials = result.study.trials
-    assert len(trials) == 4
-    assert {trial.user_attrs["train_images"] for trial in trials} == {1000}
-    assert {trial.user_attrs["worker"] for trial in trials} == {0, 1}
 
 
 def test_a_failing_worker_surfaces_its_output(tmp_path, mlp_splits):

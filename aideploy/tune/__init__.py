@@ -61,7 +61,7 @@ from aideploy.tune.space import (
     space_from_simple_dict,
 )
 from aideploy.tune.storage import default_storage_url, default_study_name, delete_study, open_storage
-from aideploy.tune.study import TuneResult, best_trial, run
+from aideploy.tune.study import TuneResult, best_trial, make_folder, run
 from aideploy.tune.workers import worker_thread_count
 
 # Names whose modules import TensorFlow: loaded on first access (PEP 562).
@@ -95,6 +95,7 @@ __all__ = [
     "elapsed_seconds",
     "format_table",
     "hyperparameters",
+    "make_folder",
     "make_pruner",
     "make_sampler",
     "open_storage",

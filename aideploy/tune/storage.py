@@ -37,7 +37,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     - ``sqlite:///path.db``: a local file; several processes on one machine can
       share it (writes wait up to a minute for the file lock).
     - ``postgresql://...``, ``mysql+pymysql://...``: a database server that many
-      machines share (needs its driver installed, e.g. ``psycopg2``).
+      machines share (needs its driver: ``pip install 'aideploy[postgres]'``
+      installs psycopg2 for PostgreSQL).
     - ``journal:///path.log`` (or a path ending in ``.log``): Optuna's journal
       file, an append-only log with a file lock, for shared disks (NFS) where
       SQLite's locking is unreliable.
@@ -87,8 +88,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(
             f"cannot open the storage {_redact(url)}: {reason}. Check the URL's scheme, host, "
-            "database and credentials, and that its driver is installed (psycopg2 for PostgreSQL, "
-            "pymysql for mysql+pymysql)."
+            "database and credentials, and that its driver is installed (for PostgreSQL: "
+            "pip install 'aideploy[postgres]'; for mysql+pymysql: pip install pymysql)."
         ) from None
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aideploy import config, data
@@ -139,7 +140,7 @@ def run(
         raise ConfigError(f"the number of workers must be at least 1, got {workers!r}.")
     folder = config.resolve_out_dir(out_dir)
     if storage is None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
     storage_url = storage if storage is not None else default_storage_url(folder)
     if settings.sampler == "grid" and settings.num_trials > settings.space.grid_size():
         raise ConfigError(
@@ -198,6 +199,32 @@ def run(
         best_trial_number=chosen.number,
         pareto_front=pareto,
     )
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) if needed; fail clearly when it cannot be written.
+
+    Introduced in ``03_tuning.ipynb`` (through :func:`run`).
+
+    Args:
+        folder: The folder.
+
+    Returns:
+        The folder as a path.
+
+    Raises:
+        ConfigError: It cannot be created or is not writable.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the output folder {folder}: {error.strerror or error}. Choose a folder you can write to."
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"the output folder {folder} is not writable: choose a folder you can write to.")
+    return folder
 
 
 def _clean_up_after_failure(
