@@ -193,7 +193,10 @@ def _add_tune(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the mode's)")
     parser.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the final retraining")
     parser.add_argument("--space", default=None, help="JSON file: {name: [choices] or {low, high, log}}")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/tuning.db)")
+    parser.add_argument(
+        "--storage", default=None,
+        help="Optuna storage URL (default: sqlite:///OUT/tuning.db); postgresql://... needs the postgres extra",
+    )
     parser.add_argument("--study", default=None, help="study name (default: <model>-<sampler>-<objectives>)")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: AIDEPLOY_SEED or 42)")
@@ -227,6 +230,8 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         space=space,
     )
+    # Fail now rather than after the search, when the tuned model is saved.
+    tune.make_folder(args.out)
     mode = "fast" if config.fast_mode() else "full"
     print(
         f"Tuning the {args.model.upper()} ({mode} mode): {args.sampler} search, {args.trials} trials, "

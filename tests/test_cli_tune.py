@@ -48,20 +48,20 @@ def test_tune_then_resume_the_same_study(tmp_path):
     assert resumed["best_value"] >= summary["best_value"]
 
 
-def test_two_workers_finish_the_same_number_of_trials_as_one(tmp_path):
+def test_two_workers_run_exactly_the_trials_asked_for(tmp_path):
+    # One process through the command line is covered by the resume test above; the
+    # library's worker tests cover the rest (given data, failures, PostgreSQL).
     storage = f"sqlite:///{tmp_path}/w.db"
-    counts = {}
-    for workers in ("1", "2"):
-        result = run_tune(
-            "--sampler", "grid", "--trials", "4", "--epochs", "1", "--storage", storage,
-            "--study", f"w{workers}", "--workers", workers, "--out", str(tmp_path),
-        )
-        assert result.returncode == 0, result.stderr
-        counts[workers] = last_json_line(result.stdout)["n_trials"]
-        trials = optuna.load_study(study_name=f"w{workers}", storage=storage).trials
-        assert sorted(trial.number for trial in trials) == [0, 1, 2, 3]
-        assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
-    assert counts == {"1": 4, "2": 4}
+    result = run_tune(
+        "--sampler", "grid", "--trials", "4", "--epochs", "1", "--storage", storage,
+        "--study", "w2", "--workers", "2", "--out", str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert last_json_line(result.stdout)["n_trials"] == 4
+    trials = optuna.load_study(study_name="w2", storage=storage).trials
+    assert sorted(trial.number for trial in trials) == [0, 1, 2, 3]
+    assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
+    assert {trial.user_attrs["worker"] for trial in trials} == {0, 1}
 
 
 def test_two_objectives_report_a_pareto_front(tmp_path):
@@ -82,7 +82,7 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
         (("--trials", "2", "--objectives", "latency"), "not supported"),
         (("--trials", "2", "--storage", "sqlite:////no/such/folder/s.db"), "does not exist"),
         (("--trials", "2", "--storage", "nosuchdb://host/db"), "cannot open the storage"),
-        (("--trials", "2", "--space", "SPACE"), "inconsistent search space"),
+        (("--trials", "2", "--space", "SPACE"), "invalid search space"),
         (("--trials", "2", "--workers", "0"), "workers must be at least 1"),
     ],
 )
@@ -96,3 +96,48 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, arguments, message):
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
     assert list(out.iterdir()) == []  # no study, no model
+
+
+VALID_SPACE = {"num_layers": [1], "units": [16, 32], "dropout": [0.0], "learning_rate": [1e-3], "batch_size": [128]}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "space", "message"),
+    [
+        (("--sampler", "nosuch"), None, "unknown sampler 'nosuch': use one of grid, random, tpe."),
+        (("--sampler", "grid"), {**VALID_SPACE, "dropout": {"low": 0.0, "high": 1.0, "grid_points": 3}},
+         "dropout must be a number in [0, 1), but the space allows 1.0"),
+        (("--sampler", "random"), {**VALID_SPACE, "learning_rate": {"low": 0.0, "high": 0.01}},
+         "learning_rate must be a number > 0, but the space allows 0.0"),
+        (("--sampler", "grid"), {**VALID_SPACE, "units": []}, "'units' has an empty list of choices"),
+        (("--sampler", "grid"), {**VALID_SPACE, "batch_size": {"low": 256, "high": 32, "integer": True}},
+         "batch_size: low (256) must not be above high (32)"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_paragraph_before_tensorflow_loads(tmp_path, arguments, space, message):
+    check_fails_before_tensorflow(tmp_path, arguments, space, message, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_folder_exits_2_before_tensorflow_loads(tmp_path):
+    check_fails_before_tensorflow(tmp_path, ("--sampler", "random"), None, "cannot create the output folder",
+                                  out="/proc/forbidden")
+
+
+def check_fails_before_tensorflow(tmp_path, arguments, space, message, *, out) -> None:
+    """What the command checks up front fails in a second, as one paragraph, without loading TensorFlow."""
+    extra = []
+    if space is not None:
+        (tmp_path / "space.json").write_text(json.dumps(space))
+        extra = ["--space", str(tmp_path / "space.json")]
+    argv = ["tune", *arguments, "--trials", "2", *extra, "--out", str(out)]
+    program = (
+        "import sys; from aideploy import cli; "
+        f"status = cli.main({argv!r}); print(status, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ))
+    assert result.stdout.strip().splitlines()[-1] == "2 False"  # exit status 2, TensorFlow never imported
+    error = result.stderr.strip()
+    assert error.startswith("aideploy tune: error: ") and "\n\n" not in error and "Traceback" not in error
+    assert message in " ".join(error.split())

@@ -4,172 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import optuna
 import pytest
+from _tune_helpers import sqlite_url, tiny_settings
 
-from aideploy import artifacts, tune
+from aideploy import artifacts, models, tune
 from aideploy.errors import AideployError, ConfigError
-
-TINY_MLP_SPACE = {
-    "num_layers": [1],
-    "units": [16, 32],
-    "dropout": [0.0],
-    "learning_rate": {"low": 1e-3, "high": 3e-3, "log": True, "grid": [1e-3, 3e-3]},
-    "batch_size": [128],
-}
-
-
-def tiny_settings(**overrides) -> tune.TuneSettings:
-    """Small, fast settings: 1 epoch a trial on a 4-point MLP space."""
-    values = {
-        "kind": "mlp",
-        "sampler": "random",
-        "num_trials": 3,
-        "num_epochs": 1,
-        "space": tune.space_from_simple_dict("mlp", TINY_MLP_SPACE),
-        **overrides,
-    }
-    return tune.TuneSettings(**values)
-
-
-def sqlite_url(folder) -> str:
-    return f"sqlite:///{folder / 'studies.db'}"
-
-
-# --- search space -------------------------------------------------------------
-
-
-def test_default_mlp_space_grid_is_derived_from_the_ranges():
-    space = tune.default_space("mlp")
-    grid = space.grid()
-    assert grid["num_layers"] == [1, 2, 3]
-    assert grid["units"] == [64, 128, 256, 512]
-    assert grid["dropout"] == [0.0, 0.2, 0.4]
-    assert grid["learning_rate"] == [1e-4, 3e-4, 1e-3, 3e-3]
-    assert grid["batch_size"] == [32, 64, 128, 256]
-    assert space.grid_size() == 3 * 4 * 3 * 4 * 4
-    for parameter in space.parameters:
-        if parameter.choices:
-            continue
-        assert all(parameter.low <= value <= parameter.high for value in parameter.grid_values())
-
-
-def test_default_cnn_space_builds_the_documented_models():
-    space = tune.default_space("cnn")
-    assert set(space.grid()) == set(tune.REQUIRED_PARAMETERS["cnn"])
-    build, batch = tune.hyperparameters(
-        "cnn",
-        {"num_conv_layers": 2, "filters": 16, "dense_units": 64, "dropout": 0.1, "learning_rate": 1e-3,
-         "batch_size": 64},
-    )
-    assert build == {"filters": (16, 32), "dense_units": 64, "dropout": 0.1, "learning_rate": 1e-3}
-    assert batch == 64
-
-
-def test_mlp_hyperparameters_repeat_the_units_per_layer():
-    build, batch = tune.hyperparameters(
-        "mlp", {"num_layers": 3, "units": 128, "dropout": 0.2, "learning_rate": 3e-4, "batch_size": 32}
-    )
-    assert build["hidden_units"] == (128, 128, 128) and batch == 32
-
-
-def test_space_round_trips_through_json_data():
-    space = tune.default_space("mlp")
-    assert tune.SearchSpace.from_dict(space.to_dict()) == space
-    settings = tiny_settings(sampler="tpe", objectives=("accuracy", "params"))
-    assert tune.TuneSettings.from_dict(settings.to_dict()) == settings
-
-
-@pytest.mark.parametrize(
-    ("mapping", "message"),
-    [
-        ({}, "empty"),
-        ({**TINY_MLP_SPACE, "units": []}, "needs choices"),
-        ({key: value for key, value in TINY_MLP_SPACE.items() if key != "dropout"}, "missing dropout"),
-        ({**TINY_MLP_SPACE, "filters": [8]}, "unknown for the mlp: filters"),
-        ({**TINY_MLP_SPACE, "dropout": {"low": 0.5, "high": 0.1}}, "must not be above"),
-        ({**TINY_MLP_SPACE, "learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log-scale"),
-        ({**TINY_MLP_SPACE, "dropout": {"low": 0.0, "high": 0.3, "grid": [0.0, 0.5]}}, "outside"),
-        ({**TINY_MLP_SPACE, "units": [16, 16]}, "duplicates"),
-        ({**TINY_MLP_SPACE, "units": 16}, "list of choices"),
-    ],
-)
-def test_inconsistent_spaces_are_rejected_with_the_reason(mapping, message):
-    with pytest.raises(ConfigError, match=message):
-        tune.space_from_simple_dict("mlp", mapping)
-
-
-def test_a_space_for_another_model_is_rejected():
-    with pytest.raises(ConfigError, match="search space is for the cnn"):
-        tune.TuneSettings(kind="mlp", space=tune.default_space("cnn"))
-
-
-# --- settings, samplers, pruners --------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"sampler": "bayes"}, "unknown sampler 'bayes'"),
-        ({"num_trials": 0}, "at least 1"),
-        ({"num_trials": -3}, "at least 1"),
-        ({"objectives": ("latency",)}, "not supported"),
-        ({"objectives": ("accuracy", "size")}, "not supported"),
-        ({"objectives": ()}, "not supported"),
-        ({"pruner": "hyperband"}, "unknown pruner"),
-        ({"kind": "resnet"}, "unknown model kind"),
-        ({"num_epochs": 0}, "epochs per trial"),
-    ],
-)
-def test_invalid_settings_fail_when_made(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        tune.TuneSettings(**overrides)
-
-
-def test_samplers_are_the_requested_kind_and_seeded():
-    grid = tune.make_sampler(tiny_settings(sampler="grid"))
-    assert isinstance(grid, optuna.samplers.GridSampler)
-    # Grid search shuffles its points the same way in every worker and run.
-    assert tune.make_sampler(tiny_settings(sampler="grid"), offset=5)._all_grids == grid._all_grids
-    assert isinstance(tune.make_sampler(tiny_settings(sampler="random")), optuna.samplers.RandomSampler)
-    assert isinstance(tune.make_sampler(tiny_settings(sampler="tpe")), optuna.samplers.TPESampler)
-
-    def draws(offset: int) -> list[float]:
-        sampler = tune.make_sampler(tiny_settings(sampler="random", seed=7), offset=offset)
-        study = optuna.create_study(sampler=sampler)
-        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
-
-    assert draws(0) == draws(0)  # seeded
-    assert draws(0) != draws(1)  # a second worker or a resumed run draws other values
-
-
-def test_pruners_follow_the_settings():
-    assert isinstance(tune.make_pruner(tiny_settings(pruner="median")), optuna.pruners.MedianPruner)
-    assert isinstance(tune.make_pruner(tiny_settings(pruner="halving")), optuna.pruners.SuccessiveHalvingPruner)
-    assert isinstance(tune.make_pruner(tiny_settings(pruner="none")), optuna.pruners.NopPruner)
-    # Optuna cannot prune multi-objective trials.
-    two_objectives = tiny_settings(pruner="median", objectives=("accuracy", "params"))
-    assert isinstance(tune.make_pruner(two_objectives), optuna.pruners.NopPruner)
-
-
-def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial(mlp_splits):
-    from aideploy import models, train
-
-    # A threshold no 1-epoch model reaches: the trial must stop after epoch 1.
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.999))
-    trial = study.ask()
-    callback = tune.PruningCallback(trial)
-    train.set_seed(1)
-    result = train.fit(
-        models.build_mlp(hidden_units=(16,)),
-        mlp_splits,
-        train.TrainSettings(num_epochs=4, batch_size=256, verbose=0),
-        callbacks=[callback],
-    )
-    assert callback.pruned_at == 1 and result.epochs_run == 1
-    assert study.trials[0].intermediate_values == {1: pytest.approx(result.history["val_accuracy"][0])}
-
 
 # --- storage ----------------------------------------------------------------------
 
@@ -249,7 +89,7 @@ def test_a_failing_new_study_is_removed(tmp_path, mlp_splits, monkeypatch):
     def broken_build(*arguments, **keywords):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(tune.models, "build", broken_build)
+    monkeypatch.setattr(models, "build", broken_build)
     with pytest.raises(RuntimeError, match="simulated"):
         tune.run(tiny_settings(num_trials=2), storage=url, study_name="broken", splits=mlp_splits)
     assert "broken" not in optuna.study.get_all_study_names(url)
@@ -258,7 +98,7 @@ def test_a_failing_new_study_is_removed(tmp_path, mlp_splits, monkeypatch):
 def test_a_failing_resumed_study_keeps_its_trials(tmp_path, mlp_splits, monkeypatch):
     url = sqlite_url(tmp_path)
     tune.run(tiny_settings(num_trials=2), storage=url, study_name="s", splits=mlp_splits, progress=False)
-    monkeypatch.setattr(tune.models, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(models, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         tune.run(tiny_settings(num_trials=2), storage=url, study_name="s", splits=mlp_splits)
     states = [trial.state.name for trial in optuna.load_study(study_name="s", storage=url).trials]
@@ -367,32 +207,22 @@ def test_pareto_plot_of_a_two_objective_study(tmp_path, mlp_splits):
     assert figure.axes[0].get_yscale() == "log"
 
 
-# --- worker processes -------------------------------------------------------------------
+def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial(mlp_splits):
+    from aideploy import models, train
 
-
-def test_two_workers_share_one_study_without_lost_or_duplicate_trials(tmp_path, capsys):
-    url = sqlite_url(tmp_path)
-    settings = tiny_settings(sampler="grid", num_trials=4, pruner="none")
-    result = tune.run(settings, storage=url, study_name="w", workers=2)
-    trials = optuna.load_study(study_name="w", storage=url).trials
-    assert sorted(trial.number for trial in trials) == [0, 1, 2, 3]
-    assert {trial.state.name for trial in trials} == {"COMPLETE"}
-    assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
-    assert result.n_trials == 4 and result.n_new_trials == 4
-    output = capsys.readouterr().out
-    assert "Starting 2 workers with 1 TensorFlow thread(s) each" in output
-    assert output.count("[worker ") >= 4  # each trial's line, relayed from its worker
-    # A second run with random search adds to the same study through both workers.
-    more = tune.run(tiny_settings(num_trials=3), storage=url, study_name="w", workers=2, progress=False)
-    assert sorted(trial.number for trial in more.study.trials) == list(range(7))
-
-
-def test_worker_count_is_checked(tmp_path):
-    with pytest.raises(ConfigError, match="workers"):
-        tune.run(tiny_settings(), storage=sqlite_url(tmp_path), workers=0)
-    assert not (tmp_path / "studies.db").exists()
-    assert tune.worker_thread_count(1) >= tune.worker_thread_count(2) >= 1
-    assert np.isclose(tune.worker_thread_count(10**6), 1)
+    # A threshold no 1-epoch model reaches: the trial must stop after epoch 1.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.999))
+    trial = study.ask()
+    callback = tune.PruningCallback(trial)
+    train.set_seed(1)
+    result = train.fit(
+        models.build_mlp(hidden_units=(16,)),
+        mlp_splits,
+        train.TrainSettings(num_epochs=4, batch_size=256, verbose=0),
+        callbacks=[callback],
+    )
+    assert callback.pruned_at == 1 and result.epochs_run == 1
+    assert study.trials[0].intermediate_values == {1: pytest.approx(result.history["val_accuracy"][0])}
 
 
 def test_delete_study_starts_a_study_afresh(tmp_path, mlp_splits):
