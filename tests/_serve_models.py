@@ -7,8 +7,14 @@ the graph itself scales by 1/255 (the model that carries its preprocessing).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -24,9 +30,8 @@ NUM_FEATURES, NUM_CLASSES = WEIGHTS.shape
 
 def expected(x: np.ndarray) -> np.ndarray:
     """What the softmax model answers, computed with NumPy in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.dtype.kind in "iu":
-        x = x / 255.0
+    x = np.asarray(x)
+    x = x / 255.0 if x.dtype.kind in "iu" else x.astype(np.float64)
     logits = x @ WEIGHTS.astype(np.float64) + BIAS
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
@@ -80,3 +85,75 @@ def build(path: Path, *, scale: float = 1.0, uint8: bool = False, with_manifest:
         extra={"format": "onnx", "signature": signature},
     )
     return path
+
+
+def publish_tiny_repository(repo: Path, exports: Path) -> Path:
+    """A repository with ``tiny`` versions 1 (weights W) and 2 (weights 2W) and ``pixels`` (uint8 in)."""
+    from aideploy import registry
+
+    registry.publish(build(exports / "tiny_v1.onnx"), repo, "tiny")
+    registry.publish(build(exports / "tiny_v2.onnx", scale=2.0), repo, "tiny")
+    registry.publish(build(exports / "pixels.onnx", uint8=True), repo, "pixels")
+    return repo
+
+
+@contextlib.asynccontextmanager
+async def serving(repo: Path, **settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The app in-process: started, loaded, with an ASGI client; stopped afterwards."""
+    from aideploy.serve import ServerSettings, create_app
+
+    app = create_app(repo, ServerSettings(**settings))
+    server = app.state.server
+    await server.start()
+    await server.wait_ready(60)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, server
+    finally:
+        await server.stop()
+
+
+def v2_request(x: np.ndarray, *, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
+    """A V2 JSON inference request for the tiny models."""
+    return {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}],
+        **extra,
+    }
+
+
+class Gate:
+    """Wraps a batcher's predict so that calls block until ``release``: requests pile up meanwhile.
+
+    With one-row requests, ``blocked_rows + batcher.pending`` counts the
+    requests that have reached the batcher, so a test can wait for all of
+    them before it releases the gate (no timing involved).
+    """
+
+    def __init__(self, batcher: Any, *, fail_after_release: Exception | None = None) -> None:
+        self.batcher = batcher
+        self.predict = batcher.predict
+        self.release = threading.Event()
+        self.blocked_rows = 0
+        self.batch_sizes: list[int] = []
+        self.fail_after_release = fail_after_release
+        batcher.predict = self
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(x))
+        if not self.release.is_set():
+            self.blocked_rows += len(x)
+            self.release.wait(60)
+        elif self.fail_after_release is not None:
+            raise self.fail_after_release
+        return self.predict(x)
+
+    async def wait_for(self, num_requests: int, timeout: float = 60.0) -> None:
+        """Wait until ``num_requests`` one-row requests are blocked or queued."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.blocked_rows + self.batcher.pending < num_requests:
+            if loop.time() > deadline:
+                arrived = self.blocked_rows + self.batcher.pending
+                raise TimeoutError(f"only {arrived} of {num_requests} requests arrived")
+            await asyncio.sleep(0.005)
