@@ -157,3 +157,33 @@ class Gate:
                 arrived = self.blocked_rows + self.batcher.pending
                 raise TimeoutError(f"only {arrived} of {num_requests} requests arrived")
             await asyncio.sleep(0.005)
+
+
+def build_image_model(path: Path) -> Path:
+    """A 784-in, 10-class softmax whose logits are ``c * mean(pixels)`` for class ``c``.
+
+    An all-white image (pixels 1.0) scores class 9 highest; an all-black one
+    gives every class 0.1.
+    """
+    weights = np.tile(np.arange(10, dtype=np.float32) / 784, (784, 1))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "image",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 784])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.save_artifact(
+        path,
+        lambda temporary: temporary.write_bytes(model.SerializeToString()),
+        kind="onnx-model",
+        produced_by="tests._serve_models.build_image_model",
+        extra={"format": "onnx"},
+    )
+    return path

@@ -3,7 +3,7 @@
 Notebook: ``notebooks/07_serving.ipynb``. Command: ``aideploy serve``.
 
 :func:`create_app` builds a FastAPI application over a :class:`ModelServer`:
-the V2 and TensorFlow Serving routes, ``GET /metrics``, and error bodies in
+the V2 and TensorFlow Serving routes, the image route, ``GET /metrics``, and error bodies in
 the protocols' ``{"error": ...}`` form even for unknown paths and methods.
 :func:`run` serves it with uvicorn; a SIGTERM or Ctrl-C first turns
 readiness false, then uvicorn stops accepting connections and lets in-flight
@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aideploy.serve import tfserving, v2
+from aideploy.serve import images, tfserving, v2
 from aideploy.serve.server import ModelServer, ServerSettings
 
 logger = logging.getLogger("aideploy.serve")
@@ -66,6 +66,7 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
     app.state.server = server
     app.include_router(v2.router(server))
     app.include_router(tfserving.router(server))
+    app.include_router(images.router(server))
 
     @app.get("/metrics")
     async def metrics() -> Response:

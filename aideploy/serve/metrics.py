@@ -23,7 +23,7 @@ aideploy metric                               Triton / KServe / TensorFlow Servi
 ``aideploy_inflight_requests``                Triton ``nv_inference_pending_request_count``
 ============================================  =====================================================
 
-Requests are the inference calls (V2 ``infer``, TF Serving ``predict``);
+Requests are the inference calls (V2 ``infer``, TF Serving ``predict``, the image route);
 health and metadata calls are not counted. ``outcome`` is ``success``,
 ``client_error`` (4xx) or ``server_error`` (5xx). A request for an unknown
 model is counted under model ``_unknown``, so clients cannot grow the label set.
@@ -98,8 +98,8 @@ class ServerMetrics:
 
         Args:
             model: The model's name (or :data:`UNKNOWN_MODEL`).
-            version: The version that answered (or the one asked for, or ``""``).
-            protocol: ``"v2"`` or ``"tfserving"``.
+            version: The version that answered (``""`` when none was found).
+            protocol: ``"v2"``, ``"tfserving"`` or ``"image"``.
             status: The HTTP status of the answer.
             seconds: How long it took.
         """

@@ -188,6 +188,8 @@ class ModelServer:
                     logger.error("cannot load model %s version %s: %s", name, number, error)
                     continue
                 max_batch_size = self.settings.max_batch_size or entry.max_batch_size or 1
+                if predictor.input.shape[0] is not None:  # a fixed batch size cannot merge requests
+                    max_batch_size = 1
                 model.entry, model.predictor = entry, predictor
                 model.batcher = Batcher(
                     predictor.predict,
@@ -254,7 +256,9 @@ class ModelServer:
         """
         started = time.perf_counter()
         self.metrics.inflight.inc()
-        model_label, version_label = (name if name in self.models else UNKNOWN_MODEL), (version or "")
+        # Labels come from the repository, never from the request, so clients
+        # cannot grow the metrics' label sets.
+        model_label, version_label = (name if name in self.models else UNKNOWN_MODEL), ""
         try:
             model = self.lookup(name, version)
             version_label = str(model.version)
@@ -355,6 +359,10 @@ def check_input(model: ServedModel, array: np.ndarray, what: str) -> np.ndarray:
         )
     if array.shape[0] == 0:
         raise ModelInputError(f"{what} has no rows: send at least one.")
+    if expected[0] is not None and array.shape[0] != expected[0]:
+        raise ModelInputError(
+            f"{what} has {array.shape[0]} rows, but model {model.name!r} takes exactly {expected[0]}."
+        )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ModelInputError(f"{what} contains NaN or infinite values (or values too large for {array.dtype}).")
     return np.ascontiguousarray(array)
