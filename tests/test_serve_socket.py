@@ -74,11 +74,15 @@ def test_running_server_reports_why_the_server_did_not_start(tmp_path):
 def test_serving_never_imports_tensorflow(repo):
     script = textwrap.dedent(
         f"""
-        import json, sys
+        import json, sys, time
         from fastapi.testclient import TestClient
         from aideploy import cli, registry, serve
         cli.build_parser()
         with TestClient(serve.create_app({str(repo)!r})) as client:
+            for _ in range(600):  # the models load in the background
+                if client.get("/v2/health/ready").status_code == 200:
+                    break
+                time.sleep(0.05)
             answer = client.post("/v2/models/tiny/infer", json={json.dumps(v2_request(X[:1]))})
             predict = client.post("/v1/models/tiny:predict", json={{"instances": [[1, 2, 3, 4]]}})
         loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "tf_keras", "keras"))
