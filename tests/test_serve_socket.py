@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import numpy as np
@@ -17,6 +19,7 @@ from _serve_models import expected, publish_tiny_repository, v2_request
 
 from aideploy.errors import ModelNotReadyError
 from aideploy.serve import running_server
+from aideploy.serve.process import free_port
 
 X = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 0.0, -1.0]], dtype=np.float32)
 
@@ -95,3 +98,34 @@ def test_serving_never_imports_tensorflow(repo):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"status": [200, 200], "loaded": []}
+
+
+def test_serve_command_stops_on_sigterm_with_a_json_line(repo):
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aideploy.cli", "serve", str(repo), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(2400):  # up to about two minutes for the start on a slow machine
+                try:
+                    if client.get("/v2/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            for _ in range(3):
+                assert client.post("/v2/models/tiny/infer", json=v2_request(X)).status_code == 200
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"url": f"http://127.0.0.1:{port}", "models": {"pixels": [1], "tiny": [1, 2]}, "requests": 3}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -91,6 +93,22 @@ class _GracefulServer:
             def handle_exit(self, sig: int, frame: Any) -> None:
                 server.begin_shutdown()
                 super().handle_exit(sig, frame)
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                # SIGTERM / Ctrl-C is how this server is meant to stop: shut down
+                # gracefully and return normally (uvicorn would re-raise the
+                # signal afterwards, killing the process before the command's
+                # last JSON line).
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in originals.items():
+                        signal.signal(sig, handler)
 
         return Server(config)
 
