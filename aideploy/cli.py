@@ -287,7 +287,8 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         "--max-batch-size", type=_positive_int, default=None, help="largest merged batch (default: config.pbtxt)"
     )
     parser.add_argument(
-        "--max-queue-delay-ms", type=float, default=1.0, help="how long a batch waits for more requests (default: 1)"
+        "--max-queue-delay-ms", type=float, default=0.0,
+        help="how long a batch waits for more requests (default: 0, as Triton's dynamic_batching)",
     )
     parser.add_argument("--runtime", choices=("onnxruntime", "tflite"), default="onnxruntime", help="model runtime")
     parser.set_defaults(handler=_run_serve)

@@ -51,14 +51,17 @@ class ServerSettings:
     Attributes:
         max_batch_size: Most rows a merged batch holds (default: each model's
             ``config.pbtxt``).
-        max_queue_delay_ms: Milliseconds a batch waits for more requests.
+        max_queue_delay_ms: Milliseconds a batch waits for more requests. The
+            default 0 is Triton's for ``dynamic_batching { }`` (the config
+            :mod:`aideploy.registry` writes): no request waits for company, yet
+            requests that arrive while a batch runs are merged into the next.
         max_body_bytes: Largest request body accepted (larger: HTTP 413).
         num_threads: Threads for one predictor call (default: the runtime's).
         runtime: ``"onnxruntime"`` (``model.onnx``) or ``"tflite"`` (``model.tflite``).
     """
 
     max_batch_size: int | None = None
-    max_queue_delay_ms: float = 1.0
+    max_queue_delay_ms: float = 0.0
     max_body_bytes: int = 16 * 1024 * 1024
     num_threads: int | None = None
     runtime: str = "onnxruntime"
