@@ -257,7 +257,88 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_convert, _add_bench, _add_tune]
+# --- aideploy publish -----------------------------------------------------------
+
+
+def _add_publish(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="publish a model into a Triton-layout model repository",
+        description="Copy an .onnx export (or convert a .keras file to ONNX first) into "
+        "<repo>/<name>/<version>/model.onnx with its manifest, and write <repo>/<name>/config.pbtxt. "
+        "Versions are immutable; the last line is JSON with model_dir and version.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="an .onnx export or a .keras file")
+    parser.add_argument("--repo", required=True, help="the model repository folder (created if missing)")
+    parser.add_argument("--name", required=True, help="the model's name in the repository")
+    parser.add_argument("--version", type=_positive_int, default=None, help="version (default: the next one)")
+    parser.add_argument("--tflite", default=None, help="a .tflite export to publish beside the ONNX model")
+    parser.add_argument(
+        "--max-batch-size", type=_positive_int, default=64, help="largest batch in config.pbtxt (default: 64)"
+    )
+    parser.set_defaults(handler=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import registry
+
+    print(f"Publishing {args.model} as {args.name!r} into {args.repo}...", flush=True)
+    published = registry.publish(
+        args.model,
+        args.repo,
+        args.name,
+        version=args.version,
+        tflite=args.tflite,
+        max_batch_size=args.max_batch_size,
+    )
+    print(f"Published version {published.version} in {published.version_dir}.", flush=True)
+    return published.to_dict()
+
+
+# --- aideploy serve -------------------------------------------------------------
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model repository (KServe V2 and TensorFlow Serving REST)",
+        description="Serve every model of a Triton-layout repository over HTTP, speaking the KServe V2 "
+        "(Open Inference Protocol) and TensorFlow Serving REST APIs, with dynamic batching and "
+        "Prometheus metrics at /metrics. Stops gracefully on Ctrl-C or SIGTERM; the last line is JSON.",
+    )
+    parser.add_argument("repo", metavar="REPO", help="the model repository folder")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument(
+        "--max-batch-size", type=_positive_int, default=None, help="largest merged batch (default: config.pbtxt)"
+    )
+    parser.add_argument(
+        "--max-queue-delay-ms", type=float, default=0.0,
+        help="how long a batch waits for more requests (default: 0, as Triton's dynamic_batching)",
+    )
+    parser.add_argument("--runtime", choices=("onnxruntime", "tflite"), default="onnxruntime", help="model runtime")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import serve
+
+    settings = serve.ServerSettings(
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, runtime=args.runtime
+    )
+    print(f"Serving {args.repo}...", flush=True)
+    return serve.run(
+        args.repo,
+        host=args.host,
+        port=args.port,
+        settings=settings,
+        on_started=lambda url: print(f"Listening on {url} (Ctrl-C to stop)", flush=True),
+    )
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_convert, _add_bench, _add_tune, _add_publish, _add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

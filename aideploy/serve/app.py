@@ -1,0 +1,178 @@
+"""The ASGI application and the process that runs it.
+
+Notebook: ``notebooks/07_serving.ipynb``. Command: ``aideploy serve``.
+
+:func:`create_app` builds a FastAPI application over a :class:`ModelServer`:
+the V2 and TensorFlow Serving routes, the image route, ``GET /metrics``, and error bodies in
+the protocols' ``{"error": ...}`` form even for unknown paths and methods.
+:func:`run` serves it with uvicorn; a SIGTERM or Ctrl-C first turns
+readiness false, then uvicorn stops accepting connections and lets in-flight
+requests finish, then the batchers finish what is queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aideploy.serve import images, tfserving, v2
+from aideploy.serve.server import ModelServer, ServerSettings
+
+logger = logging.getLogger("aideploy.serve")
+
+
+def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: ServerSettings | None = None) -> FastAPI:
+    """The server's ASGI application.
+
+    The application's lifespan starts and stops the :class:`ModelServer`; an
+    in-process test client that does not run the lifespan calls
+    ``app.state.server.start()`` and ``stop()`` itself. Introduced in ``07_serving.ipynb``.
+
+    Args:
+        repo_or_server: A model repository folder, or a :class:`ModelServer`.
+        settings: Batching and limits (when a folder is given).
+
+    Returns:
+        The FastAPI application; ``app.state.server`` is its :class:`ModelServer`.
+
+    Raises:
+        ArtifactError: The repository folder does not exist.
+    """
+    server = repo_or_server if isinstance(repo_or_server, ModelServer) else ModelServer(repo_or_server, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(
+        title="aideploy model server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    app.include_router(v2.router(server))
+    app.include_router(tfserving.router(server))
+    app.include_router(images.router(server))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        # Unknown paths and wrong methods answer in the protocols' error form too.
+        message = f"{error.detail}: {request.method} {request.url.path}"
+        return v2.error_response(error.status_code, message)
+
+    return app
+
+
+class _GracefulServer:
+    """uvicorn's server whose exit signal turns readiness false before anything else stops."""
+
+    def __new__(cls, config: Any, server: ModelServer) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                server.begin_shutdown()
+                super().handle_exit(sig, frame)
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                # SIGTERM / Ctrl-C is how this server is meant to stop: shut down
+                # gracefully and return normally (uvicorn would re-raise the
+                # signal afterwards, killing the process before the command's
+                # last JSON line).
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in originals.items():
+                        signal.signal(sig, handler)
+
+        return Server(config)
+
+
+def run(
+    repo: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServerSettings | None = None,
+    on_started: Callable[[str], None] | None = None,
+    graceful_timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Serve a model repository until interrupted (SIGINT or SIGTERM).
+
+    Introduced in ``07_serving.ipynb``; ``aideploy serve`` calls it.
+
+    Args:
+        repo: The model repository folder.
+        host: The interface to listen on (loopback unless told otherwise).
+        port: The TCP port.
+        settings: Batching and limits.
+        on_started: Called with the base URL once the socket listens.
+        graceful_timeout: Seconds in-flight requests get to finish on shutdown.
+
+    Returns:
+        What was served: ``url``, ``models`` (name to versions) and ``requests``.
+
+    Raises:
+        ArtifactError: The repository folder does not exist.
+    """
+    import uvicorn
+
+    server = ModelServer(repo, settings)
+    app = create_app(server)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=graceful_timeout,
+        lifespan="on",
+    )
+    uvicorn_server = _GracefulServer(config, server)
+    url = f"http://{host}:{port}"
+    if on_started is not None:
+        original_startup = uvicorn_server.startup
+
+        async def startup(sockets: Any = None) -> None:
+            await original_startup(sockets=sockets)
+            if not uvicorn_server.should_exit:
+                on_started(url)
+
+        uvicorn_server.startup = startup
+    uvicorn_server.run()
+    requests = sum(
+        sample.value
+        for metric in server.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+    return {
+        "url": url,
+        "models": {name: sorted(versions) for name, versions in server.models.items()},
+        "requests": int(requests),
+    }
