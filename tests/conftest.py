@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,22 @@ def repo_root() -> Path:
 def session_artifacts() -> Path:
     """The artifacts folder shared by the session (and by the notebooks nbval runs)."""
     return Path(os.environ["AIDEPLOY_ARTIFACTS_DIR"])
+
+
+@pytest.fixture()
+def data_dir_copy(tmp_path, repo_root) -> Path:
+    """A writable copy of the data folder (for tests that corrupt or remove a file)."""
+    folder = tmp_path / "data"
+    shutil.copytree(repo_root / "data", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """The full raw Fashion-MNIST data set, loaded and verified once for the session."""
+    from aideploy import data
+
+    return data.load()
 
 
 @pytest.fixture(scope="session")
