@@ -69,3 +69,20 @@ def trained_cnn(tmp_path_factory) -> dict:
     from aideploy import train
 
     return train.train_and_save("cnn", tmp_path_factory.mktemp("cnn"), num_epochs=1, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def mlp_exports(trained_mlp, tmp_path_factory) -> dict:
+    """The session's MLP exported once to every format (``convert.export_all``), shared by
+    the conversion and runtime tests."""
+    from aideploy import convert
+
+    return convert.export_all(trained_mlp["model_path"], tmp_path_factory.mktemp("mlp-exports"))
+
+
+@pytest.fixture(scope="session")
+def cnn_exports(trained_cnn, tmp_path_factory) -> dict:
+    """The session's CNN exported once to every format."""
+    from aideploy import convert
+
+    return convert.export_all(trained_cnn["model_path"], tmp_path_factory.mktemp("cnn-exports"))
