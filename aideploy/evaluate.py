@@ -108,6 +108,14 @@ def report(
 def evaluate_model(model: Any, x: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> tuple[Report, np.ndarray]:
     """Predict with a tf-keras model and build its :class:`Report`.
 
+    Introduced in ``02_training.ipynb``.
+
+    Args:
+        model: A tf-keras classifier.
+        x: Inputs shaped for the model (see :func:`aideploy.data.preprocess`).
+        y: True class indices.
+        class_names: Names of the classes.
+
     Returns:
         ``(report, predicted_classes)``.
 
