@@ -66,6 +66,41 @@ def _hash_file_into(digest: Any, path: Path) -> None:
             digest.update(block)
 
 
+def writable_dir(folder: str | os.PathLike, *, option: str | None = "--out") -> Path:
+    """Create ``folder`` if needed and check that files can be written into it.
+
+    Commands and stages call this *before* hours of work, so that an unwritable
+    output folder is reported up front rather than as a traceback at the end.
+    Introduced in ``02_training.ipynb`` (``train.train_and_save`` calls it).
+
+    Args:
+        folder: The output folder.
+        option: The command-line option that chooses the folder, named in the
+            message (``None`` for a folder chosen in code).
+
+    Returns:
+        The folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: The folder cannot be created or written to.
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # os.access can say yes where a write still fails (read-only mounts,
+        # /proc), so try a real file.
+        handle, probe = tempfile.mkstemp(prefix=".aideploy-write-check.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ArtifactError(
+            f"cannot write to {folder} ({reason}): choose a writable folder"
+            + (f" with {option}." if option else ".")
+        ) from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Give a temporary path next to ``final``; rename it to ``final`` on success.
@@ -81,7 +116,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         The temporary path to write to.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(final.parent, option=None)
     handle, temporary_name = tempfile.mkstemp(
         prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
     )

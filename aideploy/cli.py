@@ -57,6 +57,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import artifacts
+
+    # Settle the cheap checks before TensorFlow loads (seconds): a bad folder or
+    # seed is reported at once.
+    artifacts.writable_dir(args.out, option="--out")
+    config.resolve_seed(args.seed)
     from aideploy import train
 
     mode = "fast" if config.fast_mode() else "full"
@@ -355,11 +361,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(command: str, message: str) -> None:
+    """One paragraph on standard error: what went wrong and how to fix it."""
+    text = " ".join(f"aideploy {command}: error: {message}".split())
+    # Paths stay whole (no breaks at hyphens or inside long words), so they can be copied.
+    print(textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False),
+          file=sys.stderr, flush=True)
+
+
+def _describe_os_error(error: OSError) -> str:
+    paths = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    reason = error.strerror or type(error).__name__
+    return (
+        f"{reason}: {paths}. Check that the path exists and that you may read or write it, "
+        "or choose another one."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
+    Expected problems (an :class:`~aideploy.errors.AideployError`, or an
+    ``OSError`` on a named path) print one paragraph to standard error and return
+    2; anything else is a bug and raises with its traceback.
+
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 2 for an expected error or bad usage, 130 when interrupted.
     """
     args = build_parser().parse_args(argv)
     if getattr(args, "fast", False):
@@ -367,8 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except AideployError as error:
-        message = textwrap.fill(f"aideploy {args.command}: error: {error}", width=100)
-        print(message, file=sys.stderr, flush=True)
+        _print_error(args.command, str(error))
+        return EXIT_EXPECTED_ERROR
+    except OSError as error:
+        # A path the user named that cannot be read or written (a missing file, a
+        # read-only folder, a full disk) is an expected problem; any other OSError
+        # is a bug and keeps its traceback.
+        if error.filename is None:
+            raise
+        _print_error(args.command, _describe_os_error(error))
         return EXIT_EXPECTED_ERROR
     except KeyboardInterrupt:
         print("aideploy: interrupted", file=sys.stderr)

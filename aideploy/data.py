@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aideploy import artifacts, config
-from aideploy.errors import DataError, ModelInputError
+from aideploy.errors import ConfigError, DataError, ModelInputError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -167,10 +167,20 @@ def load_fashion_mnist(folder: str | os.PathLike | None = None, *, verify: bool 
 def load_npz(path: str | os.PathLike) -> Dataset:
     """Load a Keras-style ``.npz`` (e.g. ``~/.keras/datasets/mnist.npz``).
 
-    Images must be uint8 with shape (N, 28, 28), labels integers 0-9.
+    Images have shape (N, 28, 28): integer pixels 0-255 (Keras's files hold
+    uint8), or float pixels already scaled to [0, 1], which are converted back
+    to uint8 (``round(x * 255)``) so that every source goes through the same
+    :func:`scale`. Labels are whole numbers from 0. Introduced in ``01_data.ipynb``.
+
+    Args:
+        path: The ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+
+    Returns:
+        The raw :class:`Dataset` (uint8 images).
 
     Raises:
-        DataError: The file is missing, unreadable or lacks an expected array.
+        DataError: The file is missing, unreadable, lacks an expected array, or
+            holds pixels or labels outside the ranges above.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -190,18 +200,57 @@ def load_npz(path: str | os.PathLike) -> Dataset:
             raise DataError(
                 f"{path}: {key} has shape {arrays[key].shape}, expected (N, 28, 28)."
             )
-    labels = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.int64)
+    images = {key: _pixels_as_uint8(arrays[key], f"{path}: {key}") for key in ("x_train", "x_test")}
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    if labels.size and (
+        not np.issubdtype(labels.dtype, np.integer) and not np.all(np.mod(labels, 1) == 0)
+        or labels.min() < 0
+        or labels.max() > 255
+    ):
+        raise DataError(
+            f"{path}: labels must be whole class numbers 0, 1, 2, ... (at most 255), got values "
+            f"from {labels.min()} to {labels.max()} of dtype {labels.dtype}: store class indices, "
+            "not one-hot vectors or names."
+        )
     num_classes = int(labels.max()) + 1 if labels.size else 0
     class_names = MNIST_CLASSES if num_classes <= 10 else tuple(str(i) for i in range(num_classes))
     return Dataset(
-        x_train=arrays["x_train"].astype(np.uint8),
+        x_train=images["x_train"],
         y_train=arrays["y_train"].astype(np.uint8),
-        x_test=arrays["x_test"].astype(np.uint8),
+        x_test=images["x_test"],
         y_test=arrays["y_test"].astype(np.uint8),
         class_names=class_names,
         name=path.stem,
         checksums={path.name: artifacts.sha256_of(path)},
     )
+
+
+def _pixels_as_uint8(images: np.ndarray, where: str) -> np.ndarray:
+    """Integer pixels 0-255 or float pixels in [0, 1] as uint8; anything else is refused.
+
+    Casting floats straight to uint8 would turn every pixel of a [0, 1] image
+    into 0 or 1 (a black image) without a word, so floats are rescaled.
+    """
+    if images.dtype == np.uint8:
+        return images
+    if images.size == 0:
+        return images.astype(np.uint8)
+    low, high = float(images.min()), float(images.max())
+    if np.issubdtype(images.dtype, np.integer):
+        if low < 0 or high > 255:
+            raise DataError(
+                f"{where} holds integer pixels from {low:g} to {high:g}: expected 0-255. "
+                "Rescale the images to 0-255 (or to floats in [0, 1]) before saving them."
+            )
+        return images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all() or low < 0.0 or high > 1.0:
+            raise DataError(
+                f"{where} holds float pixels from {low:g} to {high:g} ({images.dtype}): float "
+                "images must be scaled to [0, 1]. Divide by 255 (or save them as uint8 0-255)."
+            )
+        return np.rint(images * 255.0).astype(np.uint8)
+    raise DataError(f"{where} has dtype {images.dtype}: expected uint8 pixels 0-255 or floats in [0, 1].")
 
 
 def verify_checksums(folder: str | os.PathLike) -> dict[str, str]:
@@ -325,14 +374,12 @@ def preprocess(images: np.ndarray, model_kind: str = "mlp") -> np.ndarray:
 
     Raises:
         ModelInputError: Wrong dtype or shape.
-        ValueError: Unknown ``model_kind``.
+        ConfigError: Unknown ``model_kind``.
     """
+    if model_kind not in ("mlp", "cnn"):
+        raise ConfigError(f"unknown model kind {model_kind!r}: use 'mlp' or 'cnn'.")
     scaled = scale(images)
-    if model_kind == "mlp":
-        return flatten(scaled)
-    if model_kind == "cnn":
-        return to_image_tensor(scaled)
-    raise ValueError(f"unknown model kind {model_kind!r}: use 'mlp' or 'cnn'.")
+    return flatten(scaled) if model_kind == "mlp" else to_image_tensor(scaled)
 
 
 def stratified_split(
@@ -344,19 +391,31 @@ def stratified_split(
         ``(x_train, y_train, x_val, y_val)``.
 
     Raises:
-        ValueError: ``val_fraction`` is not strictly between 0 and 1.
+        ConfigError: ``val_fraction`` is not strictly between 0 and 1.
+        DataError: Too few images of a class to put it on both sides.
     """
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    x_train, x_val, y_train, y_val = train_test_split(
-        x,
-        y,
-        test_size=val_fraction,
-        stratify=y,
-        random_state=config.resolve_seed(seed),
-    )
+        raise ConfigError(
+            f"val_fraction must be strictly between 0 and 1, got {val_fraction}: "
+            "choose e.g. 0.1 to hold out 10 % of the images."
+        )
+    try:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x,
+            y,
+            test_size=val_fraction,
+            stratify=y,
+            random_state=config.resolve_seed(seed),
+        )
+    except ValueError as error:
+        # scikit-learn refuses splits that cannot keep every class on both sides.
+        raise DataError(
+            f"cannot split {len(x)} images of {len(np.unique(y))} classes with val_fraction="
+            f"{val_fraction:g} so that every class is on both sides ({error}): use more images "
+            "(at least a few of each class) or a val_fraction closer to 0.5."
+        ) from None
     return x_train, y_train, x_val, y_val
 
 

@@ -9,6 +9,7 @@ tf-keras models.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from aideploy.backend import keras, native_stderr_silenced
 from aideploy.data import IMAGE_SHAPE, NUM_FEATURES
-from aideploy.errors import ModelInputError
+from aideploy.errors import ConfigError, ModelInputError
 
 MODEL_KINDS = ("mlp", "cnn")
 NUM_CLASSES = 10
@@ -44,7 +45,8 @@ def build_mlp(
         A compiled tf-keras model taking (N, 784) float32 input.
 
     Raises:
-        ValueError: A hidden layer has no units or the dropout rate is not in [0, 1).
+        ConfigError: A hidden layer has no units, the dropout rate is not in [0, 1)
+            or the learning rate is not positive.
     """
     _check_architecture(hidden_units, dropout, learning_rate)
     inputs = keras.Input(shape=(NUM_FEATURES,), name="input")
@@ -81,7 +83,7 @@ def build_cnn(
         A compiled tf-keras model taking (N, 28, 28, 1) float32 input.
 
     Raises:
-        ValueError: An invalid layer size, dropout rate or learning rate.
+        ConfigError: An invalid layer size, dropout rate or learning rate.
     """
     _check_architecture(list(filters) + [dense_units], dropout, learning_rate)
     inputs = keras.Input(shape=(*IMAGE_SHAPE, 1), name="input")
@@ -103,23 +105,48 @@ def build_cnn(
 def build(kind: str, **hyperparameters: Any) -> keras.Model:
     """Build a model by kind (``"mlp"`` or ``"cnn"``) with keyword hyperparameters.
 
+    Introduced in ``02_training.ipynb``; ``train`` and ``tune`` build through it.
+
+    Args:
+        kind: ``"mlp"`` or ``"cnn"``.
+        **hyperparameters: Keyword arguments of :func:`build_mlp` or :func:`build_cnn`.
+
+    Returns:
+        A compiled tf-keras model.
+
     Raises:
-        ValueError: Unknown kind.
+        ConfigError: Unknown kind, an unknown hyperparameter or an invalid value.
     """
-    if kind == "mlp":
-        return build_mlp(**hyperparameters)
-    if kind == "cnn":
-        return build_cnn(**hyperparameters)
-    raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(MODEL_KINDS)}.")
+    builders = {"mlp": build_mlp, "cnn": build_cnn}
+    if kind not in builders:
+        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(MODEL_KINDS)}.")
+    builder = builders[kind]
+    accepted = set(inspect.signature(builder).parameters)
+    unknown = sorted(set(hyperparameters) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"the {kind} model has no hyperparameter {', '.join(map(repr, unknown))}: "
+            f"use {', '.join(sorted(accepted))}."
+        )
+    return builder(**hyperparameters)
 
 
 def _check_architecture(units: Sequence[int], dropout: float, learning_rate: float) -> None:
+    # These reach us from search spaces and command lines, so the messages say
+    # which value to change rather than letting Keras fail deep inside a layer.
     if any(int(u) < 1 for u in units):
-        raise ValueError(f"every layer needs at least 1 unit, got {list(units)}.")
+        raise ConfigError(
+            f"every layer needs at least 1 unit, got {list(units)}: choose sizes of 1 or more."
+        )
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+        raise ConfigError(
+            f"dropout must be in [0, 1), got {dropout}: a rate of 1 drops every unit; "
+            "choose e.g. 0.0-0.5 (in a search space, keep the upper bound below 1)."
+        )
+    if not learning_rate > 0:
+        raise ConfigError(
+            f"learning_rate must be positive, got {learning_rate}: choose e.g. 1e-3."
+        )
 
 
 def _compile(model: keras.Model, learning_rate: float) -> keras.Model:
@@ -165,5 +192,48 @@ def predict_probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int 
 
 
 def count_parameters(model: keras.Model) -> int:
-    """Number of weights in the model (trainable and not)."""
+    """Number of weights in the model (trainable and not).
+
+    Introduced in ``02_training.ipynb``.
+
+    Args:
+        model: A tf-keras model.
+
+    Returns:
+        The number of weights and biases.
+    """
     return int(model.count_params())
+
+
+def count_multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds one image costs in the model's Dense and Conv2D layers.
+
+    Introduced in ``02_training.ipynb``: the inference cost of a model, which the
+    training time does not tell. A Dense layer with ``n`` inputs and ``m`` units
+    costs ``n * m``; a Conv2D layer costs ``out_height * out_width * filters *
+    kernel_height * kernel_width * in_channels``. Biases, activations and pooling
+    (a few additions or comparisons per output) are left out, as is usual.
+
+    Args:
+        model: A built tf-keras model.
+
+    Returns:
+        Multiply-adds per image.
+
+    Raises:
+        ConfigError: The model holds a layer with weights of a kind not counted here.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            total += int(layer.input_shape[-1]) * int(layer.units)
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, out_height, out_width, filters = layer.output_shape
+            kernel_height, kernel_width, in_channels, _ = layer.kernel.shape
+            total += int(out_height * out_width * filters * kernel_height * kernel_width * in_channels)
+        elif layer.weights:
+            raise ConfigError(
+                f"cannot count the multiply-adds of layer {layer.name!r} ({type(layer).__name__}): "
+                "only Dense and Conv2D layers are counted."
+            )
+    return total

@@ -50,16 +50,63 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """A trained model and its history (``history[metric]`` = one value an epoch)."""
+    """A trained model and its history (``history[metric]`` = one value an epoch).
+
+    Attributes:
+        model: The trained model. With early stopping it holds the weights of
+            :attr:`best_epoch`, not of the last epoch run.
+        history: One value an epoch for each metric (``loss``, ``val_accuracy``, ...).
+        settings: How it was trained.
+        seconds: Wall time of ``fit``.
+        epochs_run: Epochs run (early stopping may end before ``num_epochs``).
+        best_epoch: The epoch (from 1) whose weights the model holds: the one with
+            the lowest validation loss when early stopping restored it, else the last.
+    """
 
     model: keras.Model
     history: dict[str, list[float]]
     settings: TrainSettings
     seconds: float
+    best_epoch: int | None = None
     epochs_run: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.epochs_run = len(next(iter(self.history.values()), []))
+        if self.best_epoch is None:
+            self.best_epoch = self.epochs_run
+            val_loss = self.history.get("val_loss") or []
+            if self.settings.early_stopping_patience and val_loss:
+                # EarlyStopping(restore_best_weights=True) restores the first epoch
+                # with the lowest val_loss; argmin picks the first of ties too.
+                self.best_epoch = int(np.argmin(val_loss)) + 1
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        """The history's values at ``epoch`` (counted from 1), e.g. ``{"val_accuracy": 0.89, ...}``.
+
+        Raises:
+            ConfigError: ``epoch`` is not one of the epochs run.
+        """
+        if not 1 <= epoch <= self.epochs_run:
+            raise ConfigError(f"epoch must be between 1 and {self.epochs_run}, got {epoch}.")
+        return {key: values[epoch - 1] for key, values in self.history.items()}
+
+    def summary_metrics(self) -> dict[str, Any]:
+        """Best (restored) and last epoch with their validation metrics, for the manifest.
+
+        ``best_*`` describe the weights the model holds; ``last_*`` the final epoch
+        run, kept for the record.
+        """
+        summary: dict[str, Any] = {"best_epoch": self.best_epoch, "last_epoch": self.epochs_run}
+        if not self.epochs_run:
+            return summary
+        for label, epoch in (("best", self.best_epoch), ("last", self.epochs_run)):
+            values = self.epoch_metrics(epoch)
+            for metric in ("val_accuracy", "val_loss", "accuracy", "loss"):
+                if metric in values:
+                    name = metric.removeprefix("val_")
+                    prefix = f"{label}_val_" if metric.startswith("val_") else f"{label}_train_"
+                    summary[prefix + name] = values[metric]
+        return summary
 
 
 def set_seed(seed: int | None = None) -> int:
@@ -99,14 +146,16 @@ def fit(
     """
     models.check_input(model, splits.x_train[:1])
     all_callbacks = list(callbacks or [])
+    early_stopping = None
     if settings.early_stopping_patience:
-        all_callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=settings.early_stopping_patience,
-                restore_best_weights=True,
-            )
+        # restore_best_weights also restores at the end of a run that used every
+        # epoch, so the model always holds the best epoch's weights.
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=settings.early_stopping_patience,
+            restore_best_weights=True,
         )
+        all_callbacks.append(early_stopping)
     started = time.perf_counter()
     # tf.data logs a harmless native "NodeDef mentions attribute" error when fit
     # builds its input pipeline; keep it out of notebooks and terminals.
@@ -126,6 +175,7 @@ def fit(
         history={key: [float(v) for v in values] for key, values in history.history.items()},
         settings=settings,
         seconds=seconds,
+        best_epoch=early_stopping.best_epoch + 1 if early_stopping and history.history else None,
     )
 
 
@@ -192,11 +242,15 @@ def save(
         ``(model_path, manifest_path)``.
 
     Raises:
-        ValueError: ``path`` does not end in ``.keras``.
+        ConfigError: ``path`` does not end in ``.keras``.
+        ArtifactError: The folder cannot be written to.
     """
     path = Path(path)
     if path.suffix != ".keras":
-        raise ValueError(f"model files are saved in the .keras format: {path} must end in .keras.")
+        raise ConfigError(
+            f"model files are saved in the .keras format: {path} must end in .keras "
+            f"(e.g. {path.with_suffix('.keras').name})."
+        )
     return artifacts.save_artifact(
         path,
         lambda temporary: result.model.save(temporary),
@@ -212,7 +266,7 @@ def save(
         },
         metrics={
             **(metrics or {}),
-            "final_val_accuracy": result.history.get("val_accuracy", [np.nan])[-1],
+            **result.summary_metrics(),
             "training_seconds": round(result.seconds, 2),
         },
         extra={"versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__}},
@@ -267,8 +321,15 @@ def train_and_save(
 
     Returns:
         A summary: ``model``, ``test_accuracy``, ``model_path``, ``manifest_path``,
-        ``epochs_run``, ``parameters``, ``training_seconds``, ``seed``.
+        ``epochs_run``, ``best_epoch``, ``parameters``, ``training_seconds``, ``seed``.
+
+    Raises:
+        ArtifactError: ``out_dir`` cannot be written to (checked before training).
+        ConfigError: An invalid setting or hyperparameter.
+        DataError: The data cannot be loaded.
     """
+    # Check the cheap things first: a bad folder or seed should not cost a training run.
+    out_dir = artifacts.writable_dir(config.resolve_out_dir(out_dir))
     seed = config.resolve_seed(seed)
     settings = replace(default_settings(kind), seed=seed, verbose=verbose)
     if num_epochs is not None:
@@ -276,7 +337,6 @@ def train_and_save(
     splits = data.load_splits(kind, source=source, seed=seed)
     result = train(kind, splits, settings, **hyperparameters)
     test_report, _ = evaluate.evaluate_model(result.model, splits.x_test, splits.y_test, splits.class_names)
-    out_dir = config.resolve_out_dir(out_dir)
     model_path, manifest_file = save(
         result,
         out_dir / f"{kind}.keras",
@@ -291,6 +351,7 @@ def train_and_save(
         "model_path": str(model_path),
         "manifest_path": str(manifest_file),
         "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
         "parameters": models.count_parameters(result.model),
         "training_seconds": round(result.seconds, 2),
         "seed": seed,

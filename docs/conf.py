@@ -3,12 +3,16 @@
 The notebooks live in ``notebooks/`` at the repository root, where a reader opens
 them in JupyterLab; Sphinx only reads files below ``docs/``, so they are copied
 into ``docs/notebooks/`` at build time (that folder is git-ignored). Likewise one
-API page per module of the package is generated into ``docs/api/``, so a new
-module appears in the reference without editing the docs.
+API page per module of the package, subpackages and their modules included
+(``aideploy.tune``, ``aideploy.tune.study``, ...), is generated into ``docs/api/``,
+so a new module appears in the reference without editing the docs. Both happen in
+:func:`setup`, which Sphinx calls before it reads the sources; importing this file
+(as a test does) writes nothing.
 """
 
 from __future__ import annotations
 
+import pkgutil
 import shutil
 import sys
 from pathlib import Path
@@ -28,13 +32,34 @@ def _copy_notebooks() -> None:
         shutil.copy2(notebook, target / notebook.name)
 
 
+def api_modules(package_dir: Path) -> list[str]:
+    """The public modules of the package in ``package_dir``, subpackages included.
+
+    Walks the folder with :func:`pkgutil.iter_modules` (nothing is imported), so a
+    subpackage such as ``tune/`` yields ``"tune"`` and ``"tune.<module>"`` for each
+    of its modules. Names starting with ``_`` are private and left out.
+
+    Args:
+        package_dir: The package's folder (e.g. ``<repo>/aideploy``).
+
+    Returns:
+        Dotted names relative to the package, sorted.
+    """
+    names: list[str] = []
+    for info in pkgutil.iter_modules([str(package_dir)]):
+        if info.name.startswith("_"):
+            continue
+        names.append(info.name)
+        if info.ispkg:
+            names.extend(f"{info.name}.{child}" for child in api_modules(package_dir / info.name))
+    return sorted(names)
+
+
 def _write_api_pages() -> None:
     target = DOCS / "api"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
-    modules = sorted(
-        path.stem for path in (ROOT / "aideploy").glob("*.py") if not path.stem.startswith("_")
-    )
+    modules = api_modules(ROOT / "aideploy")
     for module in modules:
         title = f"aideploy.{module}"
         (target / f"{module}.md").write_text(
@@ -49,8 +74,11 @@ def _write_api_pages() -> None:
     )
 
 
-_copy_notebooks()
-_write_api_pages()
+def setup(app) -> None:
+    """Generate the copied notebooks and the API pages before Sphinx reads the sources."""
+    _copy_notebooks()
+    _write_api_pages()
+
 
 project = "aideploy"
 author = "the aideploy developers"

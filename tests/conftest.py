@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,22 @@ def repo_root() -> Path:
 def session_artifacts() -> Path:
     """The artifacts folder shared by the session (and by the notebooks nbval runs)."""
     return Path(os.environ["AIDEPLOY_ARTIFACTS_DIR"])
+
+
+@pytest.fixture()
+def data_dir_copy(tmp_path, repo_root) -> Path:
+    """A writable copy of the data folder (for tests that corrupt or remove a file)."""
+    folder = tmp_path / "data"
+    shutil.copytree(repo_root / "data", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """The full raw Fashion-MNIST data set, loaded and verified once for the session."""
+    from aideploy import data
+
+    return data.load()
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +69,20 @@ def trained_cnn(tmp_path_factory) -> dict:
     from aideploy import train
 
     return train.train_and_save("cnn", tmp_path_factory.mktemp("cnn"), num_epochs=1, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def mlp_exports(trained_mlp, tmp_path_factory) -> dict:
+    """The session's MLP exported once to every format (``convert.export_all``), shared by
+    the conversion and runtime tests."""
+    from aideploy import convert
+
+    return convert.export_all(trained_mlp["model_path"], tmp_path_factory.mktemp("mlp-exports"))
+
+
+@pytest.fixture(scope="session")
+def cnn_exports(trained_cnn, tmp_path_factory) -> dict:
+    """The session's CNN exported once to every format."""
+    from aideploy import convert
+
+    return convert.export_all(trained_cnn["model_path"], tmp_path_factory.mktemp("cnn-exports"))

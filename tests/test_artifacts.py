@@ -71,3 +71,17 @@ def test_missing_or_broken_manifest(tmp_path):
         artifacts.read_manifest(path)
     with pytest.raises(ArtifactError, match="does not exist"):
         artifacts.sha256_of(tmp_path / "nothing")
+
+
+def test_writable_dir_creates_the_folder_or_says_what_to_do(tmp_path):
+    folder = artifacts.writable_dir(tmp_path / "new" / "nested")
+    assert folder.is_dir() and list(folder.iterdir()) == []  # the write probe is gone
+    (tmp_path / "a-file").write_text("")
+    expected = r"cannot write to .*a-file/out \(Not a directory\): choose a writable folder with --out\."
+    with pytest.raises(ArtifactError, match=expected):
+        artifacts.writable_dir(tmp_path / "a-file" / "out")
+    with pytest.raises(ArtifactError, match=r"choose a writable folder\.$"):
+        artifacts.writable_dir(tmp_path / "a-file" / "out", option=None)
+    # Every artifact writer goes through it: no bare OSError from a bad target folder.
+    with pytest.raises(ArtifactError, match="cannot write to"):
+        artifacts.write_bytes(tmp_path / "a-file" / "x.bin", b"1")

@@ -1,7 +1,5 @@
 """Configuration is read in one place, at call time."""
 
-from pathlib import Path
-
 import pytest
 
 from aideploy import config
@@ -53,4 +51,3 @@ def test_set_fast_mode_is_read_back(monkeypatch):
     monkeypatch.setenv("AIDEPLOY_FAST", "0")
     config.set_fast_mode(True)
     assert config.fast_mode() is True
-    assert isinstance(config.REPO_ROOT, Path)

@@ -1,26 +1,23 @@
 """Loading, verifying, parsing and preprocessing the data."""
 
 import gzip
-import shutil
 
 import numpy as np
 import pytest
 
 from aideploy import data
-from aideploy.errors import DataError, ModelInputError
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return data.load()
+from aideploy.errors import ConfigError, DataError, ModelInputError
 
 
 @pytest.fixture()
-def data_copy(tmp_path, repo_root):
+def dataset(fashion_mnist):
+    return fashion_mnist
+
+
+@pytest.fixture()
+def data_copy(data_dir_copy):
     """A writable copy of data/fashion-mnist."""
-    folder = tmp_path / "fashion-mnist"
-    shutil.copytree(repo_root / "data" / "fashion-mnist", folder)
-    return folder
+    return data_dir_copy / "fashion-mnist"
 
 
 def test_fashion_mnist_loads_with_expected_shapes(dataset):
@@ -109,6 +106,79 @@ def test_mnist_npz_loads_through_the_same_loader(tmp_path):
     assert splits.x_train.shape == (40, 784) and splits.x_val.shape == (10, 784)
 
 
+def _save_npz(path, x_train, x_test, y_train=None, y_test=None):
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=np.arange(len(x_train)) % 10 if y_train is None else y_train,
+        x_test=x_test,
+        y_test=np.arange(len(x_test)) % 10 if y_test is None else y_test,
+    )
+    return path
+
+
+def test_npz_float_images_in_unit_range_are_converted_to_pixels(tmp_path):
+    """Floats already scaled to [0, 1] come back as the uint8 pixels they were made from."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    path = _save_npz(tmp_path / "scaled.npz", pixels / 255.0, pixels[:10].astype(np.float32) / 255.0)
+    dataset = data.load(path)
+    assert dataset.x_train.dtype == np.uint8 and dataset.x_test.dtype == np.uint8
+    np.testing.assert_array_equal(dataset.x_train, pixels)
+    np.testing.assert_array_equal(dataset.x_test, pixels[:10])
+    # Through the pipeline they end up as the same floats as uint8 input would.
+    splits = data.prepare(dataset, "mlp", val_fraction=0.5, seed=0)
+    both = np.concatenate([splits.x_train, splits.x_val])
+    assert both.max() == pytest.approx(pixels.max() / 255.0)
+    # Too few images of a class for a stratified split is a DataError, not scikit-learn's ValueError.
+    with pytest.raises(DataError, match="cannot split 30 images of 10 classes"):
+        data.prepare(dataset, "mlp", val_fraction=0.1, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("x_train", "message"),
+    [
+        (np.full((4, 28, 28), 255.0), r"float pixels from 255 to 255.*Divide by 255"),
+        (np.full((4, 28, 28), -0.5, np.float32), r"float pixels from -0.5"),
+        (np.full((4, 28, 28), np.nan), r"scaled to \[0, 1\]"),
+        (np.full((4, 28, 28), 300, np.int32), r"integer pixels from 300 to 300"),
+    ],
+)
+def test_npz_pixels_out_of_range_are_refused(tmp_path, x_train, message):
+    path = _save_npz(tmp_path / "bad.npz", x_train, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=message):
+        data.load(path)
+
+
+def test_npz_labels_must_be_class_indices(tmp_path):
+    images = np.zeros((4, 28, 28), np.uint8)
+    one_hot_like = np.array([0.5, 1.0, 2.0, 3.0])
+    path = _save_npz(tmp_path / "labels.npz", images, images, y_train=one_hot_like)
+    with pytest.raises(DataError, match="whole class numbers"):
+        data.load(path)
+
+
+def test_find_duplicates_within_and_across_sets():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    images[5] = images[1]  # one pair
+    images[7] = images[1]  # ... and a triple: (1, 5), (1, 7), (5, 7)
+    images[6] = images[3]
+    np.testing.assert_array_equal(
+        data.find_duplicates(images), [[1, 5], [1, 7], [3, 6], [5, 7]]
+    )
+    others = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    others[2] = images[3]
+    # (i, j): images[i] equals others[j]; both copies of images[3] are found.
+    np.testing.assert_array_equal(data.find_duplicates(images, others), [[3, 2], [6, 2]])
+    assert data.find_duplicates(others).shape == (0, 2)
+    # One pixel apart is not a duplicate.
+    nearly = images[:2].copy()
+    nearly[1] = nearly[0]
+    nearly[1, 0, 0] ^= 1
+    assert data.find_duplicates(nearly).shape == (0, 2)
+
+
 def test_npz_missing_array_and_unknown_source(tmp_path):
     path = tmp_path / "partial.npz"
     np.savez(path, x_train=np.zeros((1, 28, 28), np.uint8))
@@ -132,8 +202,10 @@ def test_preprocess_rejects_bad_input():
         data.preprocess(np.zeros((2, 28, 28), np.float64))
     with pytest.raises(ModelInputError, match="784 pixels"):
         data.flatten(np.zeros((2, 10, 10)))
-    with pytest.raises(ValueError, match="unknown model kind"):
+    with pytest.raises(ConfigError, match="unknown model kind 'rnn'"):
         data.preprocess(np.zeros((2, 28, 28), np.uint8), "rnn")
+    with pytest.raises(ConfigError, match="val_fraction must be strictly between 0 and 1"):
+        data.stratified_split(np.zeros((10, 784)), np.arange(10) % 2, val_fraction=1.0)
 
 
 def test_split_is_stratified_and_seeded(dataset):

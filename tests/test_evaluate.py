@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from aideploy import evaluate
+from aideploy.errors import ModelInputError
 
 matplotlib.use("Agg")
 
@@ -26,7 +27,7 @@ def test_report_numbers():
 
 
 def test_report_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match="as many predictions as labels"):
+    with pytest.raises(ModelInputError, match="as many predictions as labels"):
         evaluate.report(np.array([0, 1]), np.array([0]), CLASSES)
 
 
@@ -41,12 +42,59 @@ def test_evaluate_model_matches_keras(trained_mlp, mlp_splits):
     assert predictions.shape == mlp_splits.y_test.shape
 
 
-def test_plots():
-    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]}
-    figure = evaluate.plot_history(history)
-    assert len(figure.axes) == 2 and len(figure.axes[0].lines) == 2
+HISTORY = {"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.7, 0.8],
+           "accuracy": [0.5, 0.8, 0.85], "val_accuracy": [0.4, 0.7, 0.69]}
+
+
+def test_history_plot_marks_the_kept_epoch():
+    figure = evaluate.plot_history(HISTORY, best_epoch=2, title="curves")
+    loss_axis, accuracy_axis = figure.axes
+    # training, validation, the kept epoch's line and its marker
+    assert len(loss_axis.lines) == 4
+    marker = accuracy_axis.lines[-1]
+    assert marker.get_xdata().tolist() == [2] and marker.get_ydata().tolist() == [0.7]
+    assert any(text.get_text() == "0.7000" for text in accuracy_axis.texts)
+    # One legend for the figure, outside both plots (none inside an axis).
+    assert loss_axis.get_legend() is None and accuracy_axis.get_legend() is None
+    (legend,) = figure.legends
+    assert "kept weights (epoch 2)" in [text.get_text() for text in legend.get_texts()]
+    figure.canvas.draw()
+    legend_box = legend.get_window_extent()
+    for axis in figure.axes:
+        assert not legend_box.overlaps(axis.get_window_extent())
+    assert len(evaluate.plot_history(HISTORY).axes[0].lines) == 2  # nothing marked
+    with pytest.raises(ModelInputError, match="best_epoch must be one of the 3 epochs"):
+        evaluate.plot_history(HISTORY, best_epoch=4)
+
+
+def test_confusion_matrix_hides_zero_cells_and_labels_its_colour_bar():
     result = evaluate.report(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1]), CLASSES)
-    assert "accuracy 0.500" in evaluate.plot_confusion_matrix(result).axes[0].get_title()
-    images = np.zeros((4, 784), np.float32)
-    grid = evaluate.plot_misclassified(images, np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1]), CLASSES)
-    assert sum(1 for axis in grid.axes if axis.images) == 2
+    figure = evaluate.plot_confusion_matrix(result)
+    axis, colorbar_axis = figure.axes
+    assert "accuracy 0.500" in axis.get_title()
+    # Four non-zero cells of nine carry a number; the zeros stay blank.
+    assert sorted(text.get_text() for text in axis.texts) == ["0.50", "0.50", "1.00", "1.00"]
+    assert colorbar_axis.get_ylabel() == "share of the true class (row)"
+    counts = evaluate.plot_confusion_matrix(result, normalize=False)
+    assert counts.axes[1].get_ylabel() == "images"
+    assert sorted(text.get_text() for text in counts.axes[0].texts) == ["1", "1", "1", "1"]
+
+
+def test_misclassified_grid_shows_a_chosen_class_with_probabilities():
+    images = np.zeros((6, 784), np.float32)
+    y_true = np.array([0, 1, 2, 2, 2, 1])
+    y_pred = np.array([0, 2, 1, 0, 2, 0])
+    probabilities = np.full((6, 3), 0.1)
+    probabilities[np.arange(6), y_pred] = [0.8, 0.6, 0.55, 0.9, 0.8, 0.7]
+    figure = evaluate.plot_misclassified(images, y_true, y_pred, CLASSES, probabilities=probabilities,
+                                         true_class="c")
+    titles = [axis.get_title() for axis in figure.axes if axis.images]
+    # Only class "c" mistakes, the most confident first, with the predicted class's probability.
+    assert titles == ["true: c\npred: a (90%)", "true: c\npred: b (55%)"]
+    assert "c images the model got wrong (2 of 2 shown" in figure._suptitle.get_text()
+    every = evaluate.plot_misclassified(images, y_true, y_pred, CLASSES)
+    assert sum(1 for axis in every.axes if axis.images) == 4
+    with pytest.raises(ModelInputError, match="unknown class 'd'"):
+        evaluate.plot_misclassified(images, y_true, y_pred, CLASSES, true_class="d")
+    with pytest.raises(ModelInputError, match="probabilities must have shape"):
+        evaluate.plot_misclassified(images, y_true, y_pred, CLASSES, probabilities=probabilities[:, :2])

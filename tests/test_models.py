@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aideploy import models
-from aideploy.errors import ModelInputError
+from aideploy.errors import AideployError, ConfigError, ModelInputError
 
 
 def test_mlp_is_exactly_the_seed_model():
@@ -19,20 +19,54 @@ def test_mlp_is_exactly_the_seed_model():
     assert model.loss == "sparse_categorical_crossentropy"
 
 
-def test_cnn_shapes():
+def test_cnn_shapes_and_where_its_weights_are():
     model = models.build_cnn()
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
-    assert any(layer.__class__.__name__ == "Conv2D" for layer in model.layers)
+    # conv 3*3*1*32+32, conv 3*3*32*64+64, dense (7*7*64)*128+128, output 128*10+10
+    assert models.count_parameters(model) == 320 + 18_496 + 401_536 + 1_290 == 421_642
+    share = model.get_layer("dense").count_params() / models.count_parameters(model)
+    assert share == pytest.approx(0.952, abs=0.001)
 
 
-def test_build_by_kind_and_bad_hyperparameters():
+def test_multiply_adds_per_image():
+    # MLP: 784*64 + 64*64 + 64*10.
+    assert models.count_multiply_adds(models.build_mlp()) == 54_912
+    assert models.count_multiply_adds(models.build_mlp(hidden_units=(10,))) == 784 * 10 + 10 * 10
+    # CNN: 28*28*32*(3*3*1) + 14*14*64*(3*3*32) + 3136*128 + 128*10.
+    assert models.count_multiply_adds(models.build_cnn()) == 225_792 + 3_612_672 + 401_408 + 1_280
+    # A third block halves the map again (7 -> 3): the convolution adds, the Dense layer shrinks.
+    deeper = models.count_multiply_adds(models.build_cnn(filters=(32, 64, 64)))
+    assert deeper == 225_792 + 3_612_672 + 7 * 7 * 64 * 9 * 64 + 3 * 3 * 64 * 128 + 1_280
+
+
+def test_multiply_adds_refuse_layers_they_cannot_count():
+    from aideploy.backend import keras
+
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Embedding(10, 4)])
+    with pytest.raises(ConfigError, match="only Dense and Conv2D"):
+        models.count_multiply_adds(model)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hyperparameters", "message"),
+    [
+        ("transformer", {}, "unknown model kind 'transformer': use one of mlp, cnn"),
+        ("mlp", {"hidden_units": (0,)}, "at least 1 unit"),
+        ("mlp", {"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0.*upper bound below 1"),
+        ("cnn", {"dropout": 1.5}, "dropout must be in"),
+        ("cnn", {"learning_rate": 0.0}, "learning_rate must be positive"),
+        ("mlp", {"units": 32}, "no hyperparameter 'units': use"),
+    ],
+)
+def test_bad_hyperparameters_raise_config_errors(kind, hyperparameters, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        models.build(kind, **hyperparameters)
+    # The command line turns AideployErrors into one paragraph and exit status 2.
+    assert isinstance(error.value, AideployError)
+
+
+def test_build_by_kind():
     assert models.build("mlp", hidden_units=(32,)).count_params() == 784 * 32 + 32 + 32 * 10 + 10
-    with pytest.raises(ValueError, match="unknown model kind"):
-        models.build("transformer")
-    with pytest.raises(ValueError, match="at least 1 unit"):
-        models.build_mlp(hidden_units=(0,))
-    with pytest.raises(ValueError, match="dropout"):
-        models.build_cnn(dropout=1.5)
 
 
 def test_wrong_input_shape_explains_the_fix():
