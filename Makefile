@@ -26,13 +26,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The pipeline so far: train and evaluate the MLP, export it to ONNX, TFLite and
-# a SavedModel, and benchmark the runtimes. The last line is the benchmark's JSON.
+# a SavedModel, and benchmark the runtimes: a readable table, then a short JSON
+# last line (headline ratios and the path of the full results, bench/runtimes.json).
 demo: $(STAMP)
 	$(BIN)/aideploy train --model mlp --out $(DEMO_OUT)
 	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to onnx --out $(DEMO_OUT)
 	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to tflite --out $(DEMO_OUT)
 	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to saved_model --out $(DEMO_OUT)
-	$(BIN)/aideploy bench $(DEMO_OUT)/mlp.keras $(DEMO_OUT)/mlp.onnx $(DEMO_OUT)/mlp.tflite --json
+	$(BIN)/aideploy bench $(DEMO_OUT)/mlp.keras $(DEMO_OUT)/mlp.onnx $(DEMO_OUT)/mlp.tflite --out $(DEMO_OUT)/bench
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

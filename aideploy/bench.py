@@ -1,14 +1,35 @@
-"""Stage 06, benchmark: latency and throughput of every runtime, side by side in one process.
+"""Stage 06, benchmark: latency and throughput of every runtime, each timed in a process of its own.
 
 Notebook: ``notebooks/06_conversion.ipynb``. Command: ``aideploy bench``; script:
 ``benchmarks/runtimes.py``.
 
 :func:`benchmark` measures batch-1 latency (p50, p99) and throughput at several
-batch sizes for each :mod:`aideploy.runtime` predictor of one model, on the same
-inputs and thread settings, next to three references: ``model.predict`` of the
-tf-keras model, a raw ``onnxruntime.InferenceSession.run`` (what the predictor
-wraps) and a plain NumPy chain of the model's matrix multiplications, which
-shows how close each runtime gets to what the machine can do.
+batch sizes for each :mod:`aideploy.runtime` predictor of one model, next to
+three references: ``model.predict`` of the tf-keras model, a raw
+``onnxruntime.InferenceSession.run`` (what the predictor wraps) and a plain
+NumPy chain of the model's matrix multiplications, which shows how close each
+runtime gets to what the machine can do. Beside throughput it reports the
+achieved multiply-adds per second (GMAC/s), the CPU model and the thread count.
+
+Why one process a runtime. Timed one after another in one process, the
+runtimes are not independent: once TensorFlow has run, its thread pools stay
+in the process and an ONNX Runtime call measured next cost 2.09x raw
+``InferenceSession.run`` at batch 1, against 1.03x in a process without
+TensorFlow. And TensorFlow fixes its thread counts when it initialises, and
+OpenBLAS reads ``OPENBLAS_CORETYPE`` when NumPy loads it, so equal thread
+counts and an unpinned BLAS are only possible in fresh processes. So each
+runtime (and each reference) lives in a worker process of its own
+(:mod:`aideploy.bench_worker`) that loads only its runtime, with every thread
+pool set to ``num_threads`` (ONNX Runtime intra-op threads, LiteRT
+``num_threads``, TensorFlow intra- and inter-op threads, BLAS and OpenMP
+through ``threadpoolctl``). Workers wait idle on a pipe while another one
+measures, and they take turns over several rounds, in the ``order`` of the
+settings: ``shuffled`` (default; a fresh random order each round, so slow
+drifts of the machine do not favour whoever comes first), ``forward`` or
+``reverse``; running the same benchmark in opposite orders shows that the
+figures do not depend on it. The NumPy reference's process alone runs with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset, because they pin OpenBLAS
+to older kernels on some machines; the result records what each process saw.
 """
 
 from __future__ import annotations
@@ -17,7 +38,8 @@ import csv
 import io
 import os
 import platform
-import time
+import random
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,22 +47,17 @@ from typing import Any
 
 import numpy as np
 
-from aideploy import artifacts, config
+from aideploy import artifacts, bench_worker, config
 from aideploy.errors import ConfigError
-from aideploy.runtime import (
-    KerasPredictor,
-    OnnxPredictor,
-    Predictor,
-    SavedModelPredictor,
-    check_threads,
-    load,
-)
+from aideploy.runtime import check_threads
 
 #: Batch sizes of the throughput benchmark.
 DEFAULT_BATCH_SIZES = (1, 32, 256, 4096)
-REFERENCE_PREDICT = "keras model.predict"
-REFERENCE_RAW_ONNX = "raw InferenceSession.run"
+REFERENCE_PREDICT = bench_worker.LABEL_PREDICT
+REFERENCE_RAW_ONNX = bench_worker.LABEL_RAW_ONNX
 REFERENCE_NUMPY = "numpy matmul reference"
+#: Orders in which the runtimes take their turns (see :func:`measurement_order`).
+ORDERS = ("shuffled", "forward", "reverse")
 
 
 @dataclass(frozen=True)
@@ -49,15 +66,19 @@ class BenchmarkSettings:
 
     Attributes:
         batch_sizes: Batch sizes of the throughput measurements.
-        num_threads: Threads given to ONNX Runtime and LiteRT (``None``: their defaults).
+        num_threads: Threads of every runtime and reference: ONNX Runtime
+            intra-op, LiteRT, TensorFlow intra- and inter-op, BLAS (``None``:
+            each library's default).
         latency_calls: Timed batch-1 calls a runtime, over all rounds.
         latency_max_seconds: Cap on the batch-1 latency time a runtime and round
             (``model.predict`` takes milliseconds a call).
         throughput_seconds: Time a runtime, batch size and round.
         num_rounds: Rounds; each round measures every runtime in turn, so slow
             drifts of the machine affect all of them alike.
-        warmup_calls: Untimed calls before each measurement.
-        seed: Seed of the random inputs.
+        warmup_calls: Untimed calls when a worker starts (a quarter of them
+            again before each turn).
+        seed: Seed of the random inputs and of the shuffled order.
+        order: ``"shuffled"``, ``"forward"`` or ``"reverse"`` (see :func:`measurement_order`).
     """
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -68,6 +89,7 @@ class BenchmarkSettings:
     num_rounds: int = 3
     warmup_calls: int = 20
     seed: int = 0
+    order: str = "shuffled"
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
@@ -76,15 +98,17 @@ class BenchmarkSettings:
             check_threads(self.num_threads)
         if self.latency_calls < 10 or self.num_rounds < 1:
             raise ConfigError("latency_calls must be at least 10 and num_rounds at least 1.")
+        if self.order not in ORDERS:
+            raise ConfigError(f"unknown order {self.order!r}: use one of {', '.join(ORDERS)}.")
 
     @classmethod
     def for_mode(cls, **overrides: Any) -> BenchmarkSettings:
-        """Fast-mode settings (a few seconds) or full-mode settings (about a minute for the MLP)."""
+        """Fast-mode settings (a few seconds) or full-mode settings (about a minute and a half for the MLP)."""
         base = cls(
-            latency_calls=config.fast_or_full(200, 2000),
-            latency_max_seconds=config.fast_or_full(0.3, 2.0),
-            throughput_seconds=config.fast_or_full(0.05, 0.5),
-            num_rounds=config.fast_or_full(2, 3),
+            latency_calls=config.fast_or_full(200, 2500),
+            latency_max_seconds=config.fast_or_full(0.3, 1.0),
+            throughput_seconds=config.fast_or_full(0.05, 0.3),
+            num_rounds=config.fast_or_full(2, 5),
             warmup_calls=config.fast_or_full(5, 20),
         )
         return cls(**{**asdict(base), **overrides})
@@ -116,9 +140,7 @@ class BenchmarkResult:
                 return row
         return None
 
-    def ratio(
-        self, label: str, reference: str, batch_size: int, *, measure: str = "throughput"
-    ) -> float | None:
+    def ratio(self, label: str, reference: str, batch_size: int, *, measure: str = "throughput") -> float | None:
         """``label`` against ``reference``: throughput ratio, or cost ratio of batch-1 p50 latency.
 
         Args:
@@ -142,36 +164,45 @@ class BenchmarkResult:
         return row["throughput_per_s"] / base["throughput_per_s"]
 
     def table(self) -> str:
-        """A text table: batch-1 latency, throughput at each batch size, and the ratios.
+        """A text table: batch-1 latency, throughput and GMAC/s, the ratios, and what was measured how.
 
-        Ratio columns: ``b1 speed-up/predict`` is ``model.predict``'s batch-1 p50
-        latency divided by the runtime's (how many times faster); ``b1 cost/raw
-        ORT`` is the runtime's batch-1 p50 latency divided by raw
-        ``InferenceSession.run``'s (1.0 = no overhead); ``@B /predict``, ``@B /raw
-        ORT`` and ``@B /numpy`` divide the throughput at the largest batch size
-        ``B`` by that reference's.
+        Above the table: the CPU model, the thread count of every runtime, and
+        how the runtimes took turns. Ratio columns: ``b1 cost/raw ORT`` and
+        ``b1 cost/numpy`` divide the runtime's batch-1 p50 latency by raw
+        ``InferenceSession.run``'s and the NumPy reference's (1.0 = as fast,
+        lower is better); ``@B /raw ORT`` and ``@B /numpy`` divide the
+        throughput at the largest batch size ``B`` by the reference's (higher
+        is better); ``b1 x predict`` is how many times faster than
+        ``model.predict`` a batch-1 call is. ``GMAC/s`` is the model's
+        multiply-adds an example times examples a second.
 
         Returns:
-            The table as text, with a legend line.
+            The table as text, with its header and legend lines.
         """
         batch_sizes = sorted({row["batch_size"] for row in self.rows})
         largest = batch_sizes[-1]
         width = max(len(label) for label in self.labels())
         columns = [
-            (
-                "b1 speed-up/predict",
-                lambda label: _inverse(self.ratio(label, REFERENCE_PREDICT, 1, measure="latency")),
-                0,
-            ),
+            (f"GMAC/s @{batch_sizes[0]}", lambda label: (self.get(label, batch_sizes[0]) or {}).get("gmac_per_s"), 2),
+            (f"GMAC/s @{largest}", lambda label: (self.get(label, largest) or {}).get("gmac_per_s"), 2),
             ("b1 cost/raw ORT", lambda label: self.ratio(label, REFERENCE_RAW_ONNX, 1, measure="latency"), 2),
-            (f"@{largest} /predict", lambda label: self.ratio(label, REFERENCE_PREDICT, largest), 1),
+            ("b1 cost/numpy", lambda label: self.ratio(label, REFERENCE_NUMPY, 1, measure="latency"), 2),
             (f"@{largest} /raw ORT", lambda label: self.ratio(label, REFERENCE_RAW_ONNX, largest), 2),
             (f"@{largest} /numpy", lambda label: self.ratio(label, REFERENCE_NUMPY, largest), 2),
+            ("b1 x predict", lambda label: _inverse(self.ratio(label, REFERENCE_PREDICT, 1, measure="latency")), 0),
+        ]
+        settings = self.settings
+        cpus = settings.get("machine", {}).get("cpu_count", "?")
+        lines = [
+            f"CPU: {settings.get('cpu_model', '?')} ({cpus} logical CPUs); "
+            f"threads per runtime: {settings.get('thread_summary', settings.get('num_threads'))}",
+            f"each runtime in its own process; {settings.get('num_rounds')} rounds, order: "
+            f"{settings.get('order')}; {settings.get('macs_per_example') or 0:,} multiply-adds an example",
         ]
         header = f"{'runtime':<{width}}  {'p50 us':>8}  {'p99 us':>8}"
         header += "".join(f"  {'/s @' + str(b):>10}" for b in batch_sizes)
         header += "".join(f"  {title:>{len(title)}}" for title, _, _ in columns)
-        lines = [header]
+        lines.append(header)
         for label in self.labels():
             first = self.get(label, 1) or {}
             line = f"{label:<{width}}  {_fmt(first.get('p50_us'), 8, 1)}  {_fmt(first.get('p99_us'), 8, 1)}"
@@ -180,28 +211,41 @@ class BenchmarkResult:
                 line += f"  {_fmt(row['throughput_per_s'] if row else None, 10, 0)}"
             line += "".join(f"  {_fmt(value(label), len(title), digits)}" for title, value, digits in columns)
             lines.append(line)
-        threads = self.settings.get("num_threads")
         lines.append(
-            f"(batch-1 latency in microseconds; throughput in examples/s; runtime threads: "
-            f"{threads if threads is not None else 'defaults'}; "
-            f"BLAS: {self.settings.get('blas_summary', '?')})"
+            "(batch-1 latency in microseconds; throughput in examples/s; cost = p50 / the reference's p50, "
+            "lower is better; @B = throughput / the reference's, higher is better)"
         )
+        lines.append(f"NumPy reference: {settings.get('numpy_reference_note', 'not measured')}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Rows, ratios and settings as JSON-ready data."""
+        return {"rows": self.rows, "ratios": self.ratios(), "settings": self.settings}
+
+    def ratios(self, *, batch1_only: bool = False) -> dict[str, dict[str, float | None]]:
+        """Each runtime's ratios against the references.
+
+        Args:
+            batch1_only: Only the batch-1 latency costs against raw ONNX
+                Runtime and NumPy (the headline numbers).
+
+        Returns:
+            ``{label: {name: ratio}}``; a ratio is ``None`` where a reference was not measured.
+        """
         largest = max(row["batch_size"] for row in self.rows)
-        ratios = {
-            label: {
-                "batch1_cost_vs_model_predict": self.ratio(label, REFERENCE_PREDICT, 1, measure="latency"),
+        ratios = {}
+        for label in self.labels():
+            ratios[label] = {
                 "batch1_cost_vs_raw_onnxruntime": self.ratio(label, REFERENCE_RAW_ONNX, 1, measure="latency"),
-                f"throughput{largest}_vs_model_predict": self.ratio(label, REFERENCE_PREDICT, largest),
-                f"throughput{largest}_vs_raw_onnxruntime": self.ratio(label, REFERENCE_RAW_ONNX, largest),
-                f"throughput{largest}_vs_numpy": self.ratio(label, REFERENCE_NUMPY, largest),
+                "batch1_cost_vs_numpy": self.ratio(label, REFERENCE_NUMPY, 1, measure="latency"),
             }
-            for label in self.labels()
-        }
-        return {"rows": self.rows, "ratios": ratios, "settings": self.settings}
+            if not batch1_only:
+                ratios[label].update({
+                    "batch1_cost_vs_model_predict": self.ratio(label, REFERENCE_PREDICT, 1, measure="latency"),
+                    f"throughput{largest}_vs_raw_onnxruntime": self.ratio(label, REFERENCE_RAW_ONNX, largest),
+                    f"throughput{largest}_vs_numpy": self.ratio(label, REFERENCE_NUMPY, largest),
+                })  # fmt: skip
+        return ratios
 
     def plot(self, axes: Any = None) -> Any:
         """Throughput against batch size (log-log) and batch-1 latency (p50 with p99).
@@ -215,14 +259,12 @@ class BenchmarkResult:
         import matplotlib.pyplot as plt
 
         if axes is None:
-            figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+            figure, axes = plt.subplots(1, 2, figsize=(13, 5))
         else:
             figure = axes[0].figure
         throughput_axis, latency_axis = axes
         for label in self.labels():
-            rows = sorted(
-                (row for row in self.rows if row["label"] == label), key=lambda row: row["batch_size"]
-            )
+            rows = sorted((row for row in self.rows if row["label"] == label), key=lambda row: row["batch_size"])
             style = "--" if label == REFERENCE_NUMPY else "-"
             throughput_axis.plot(
                 [row["batch_size"] for row in rows],
@@ -233,7 +275,6 @@ class BenchmarkResult:
             )
         throughput_axis.set(xscale="log", yscale="log", xlabel="batch size", ylabel="examples / s")
         throughput_axis.set_title("Throughput (higher is better)")
-        throughput_axis.legend(fontsize="small")
         throughput_axis.grid(True, which="both", alpha=0.3)
         measured = [(label, self.get(label, 1)) for label in self.labels()]
         measured = [(label, row) for label, row in measured if row and row.get("p50_us") is not None]
@@ -244,7 +285,10 @@ class BenchmarkResult:
         latency_axis.set(xscale="log", xlabel="microseconds (bar: p50, whisker: p99)")
         latency_axis.set_title("Batch-1 latency (lower is better)")
         latency_axis.invert_yaxis()
-        figure.tight_layout()
+        # The legend goes under both plots, where it covers no line or bar.
+        handles, names = throughput_axis.get_legend_handles_labels()
+        figure.legend(handles, names, loc="lower center", ncol=4, fontsize="small", frameon=False)
+        figure.tight_layout(rect=(0, 0.12, 1, 1))
         return figure
 
     def save(self, out_dir: str | os.PathLike, *, name: str = "runtimes") -> dict[str, Path]:
@@ -300,18 +344,18 @@ def benchmark(
     *,
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
-    """Measure batch-1 latency and throughput of several runtimes in one process.
+    """Measure batch-1 latency and throughput of several runtimes, each in its own process.
 
     Every runtime gets the same random inputs (uniform in [0, 1), the model's
-    input shape), untimed warm-up calls, and the same thread setting. Beside
-    the predictors it measures three references when it can: ``model.predict``
-    of a tf-keras model among ``sources``, a plain
-    ``onnxruntime.InferenceSession.run`` on an ONNX file among ``sources`` (same
-    session options and providers as the predictor), and a NumPy chain of the
-    matrix multiplications the model's layers do (convolutions as their
-    im2col-sized products), which shows how close a runtime gets to the machine.
-    Introduced in ``06_conversion.ipynb``; ``aideploy bench`` and
-    ``benchmarks/runtimes.py`` call it.
+    input shape, the same seed), untimed warm-up calls, and the same thread
+    count (see the module docstring). Beside the predictors it measures three
+    references when it can: ``model.predict`` of a tf-keras model among
+    ``sources``, a plain ``onnxruntime.InferenceSession.run`` on an ONNX file
+    among ``sources`` (same session options and providers as the predictor),
+    and a NumPy chain of the matrix multiplications the model's layers do
+    (convolutions as their im2col-sized products). Introduced in
+    ``06_conversion.ipynb``; ``aideploy bench`` and ``benchmarks/runtimes.py``
+    call it.
 
     Args:
         sources: Model paths, tf-keras models or predictors (all of one model,
@@ -323,75 +367,83 @@ def benchmark(
         The :class:`BenchmarkResult`.
 
     Raises:
-        ArtifactError: A source cannot be loaded.
-        ConfigError: The sources disagree on the input shape.
+        ArtifactError: A source cannot be loaded (the worker's message is included).
+        ConfigError: No source, or the sources disagree on the input shape.
     """
     settings = settings or BenchmarkSettings.for_mode()
     say = progress or (lambda line: None)
-    predictors = [load(source, num_threads=settings.num_threads) for source in sources]
-    if not predictors:
+    if not sources:
         raise ConfigError("nothing to benchmark: pass at least one model.")
-    trailing = {tuple(p.input.shape[1:]) for p in predictors}
-    if len(trailing) != 1:
-        raise ConfigError(
-            f"the models take different input shapes {sorted(trailing)}: benchmark one model at a time."
+    with tempfile.TemporaryDirectory(prefix="aideploy-bench-") as scratch:
+        entries = bench_worker.plan(
+            [bench_worker.source_path(source, Path(scratch), index) for index, source in enumerate(sources)]
         )
-    input_shape = next(iter(trailing))
-    dtype = np.dtype(predictors[0].input.dtype)
-    generator = np.random.default_rng(settings.seed)
-    inputs = {
-        batch_size: generator.random((batch_size, *input_shape), dtype=np.float64).astype(dtype)
-        for batch_size in sorted(set(settings.batch_sizes) | {1})
-    }
-
-    calls: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
-    keras_predictor = next((p for p in predictors if isinstance(p, KerasPredictor)), None)
-    onnx_predictor = next((p for p in predictors if isinstance(p, OnnxPredictor)), None)
-    if keras_predictor is not None:
-        model = keras_predictor.model
-        calls.append((REFERENCE_PREDICT, "keras", lambda x: model.predict(x, batch_size=len(x), verbose=0)))
-    for predictor in predictors:
-        label = f"aideploy {predictor.runtime}"
-        if any(existing == label for existing, _, _ in calls):
-            label = f"{label} ({predictor.path.name if predictor.path else len(calls)})"
-        calls.append((label, predictor.runtime, predictor.predict))
-        if predictor is onnx_predictor:
-            calls.append((REFERENCE_RAW_ONNX, "onnxruntime", _raw_onnx_call(onnx_predictor)))
-    layers = _reference_layers(keras_predictor, onnx_predictor)
-    if layers:
-        calls.append((REFERENCE_NUMPY, "numpy", _numpy_reference_call(layers, input_shape, settings.seed)))
-
-    for _label, _, call in calls:
-        for batch_size in inputs:
-            for _ in range(settings.warmup_calls if batch_size == 1 else 2):
-                call(inputs[batch_size])
-
-    samples: dict[str, list[float]] = {label: [] for label, _, _ in calls}
-    totals: dict[tuple[str, int], list[float]] = {
-        (label, batch_size): [0, 0.0] for label, _, _ in calls for batch_size in settings.batch_sizes
-    }
-    per_round_calls = max(1, settings.latency_calls // settings.num_rounds)
-    for round_index in range(settings.num_rounds):
-        for label, _, call in calls:
-            say(f"round {round_index + 1}/{settings.num_rounds}: {label}")
-            samples[label].extend(
-                _latency_samples(call, inputs[1], per_round_calls, settings.latency_max_seconds)
-            )
-            for batch_size in settings.batch_sizes:
-                count, seconds = _throughput(call, inputs[batch_size], settings.throughput_seconds)
-                totals[(label, batch_size)][0] += count
-                totals[(label, batch_size)][1] += seconds
-
+        workers: dict[str, bench_worker.WorkerProcess] = {}
+        try:
+            say(f"starting {len(entries)} worker processes")
+            for label, spec in entries:
+                workers[label] = bench_worker.WorkerProcess(
+                    label, {**spec, **bench_worker.settings_of(settings)}, scratch
+                )
+            for worker in workers.values():
+                worker.wait_ready()
+            shapes = {tuple(w.ready["input_shape"]) for w in workers.values()}
+            if len(shapes) != 1:
+                raise ConfigError(
+                    f"the models take different input shapes {sorted(shapes)}: benchmark one model at a time."
+                )
+            input_shape = next(iter(shapes))
+            layers = next((w.ready["layers"] for w in workers.values() if w.ready.get("layers")), None)
+            onnx_path = next((spec["source"] for _, spec in entries if spec["runtime"] == "onnxruntime"), None)
+            if layers is None and onnx_path is not None:
+                layers = bench_worker.onnx_layers(onnx_path)
+            if layers:
+                dtype = next(iter(workers.values())).ready["dtype"]
+                spec = {"kind": "numpy", "runtime": "numpy", "source": None, "layers": layers,
+                        "input_shape": list(input_shape), "dtype": dtype}  # fmt: skip
+                workers[REFERENCE_NUMPY] = bench_worker.WorkerProcess(
+                    REFERENCE_NUMPY, {**spec, **bench_worker.settings_of(settings)}, scratch, numpy_reference=True
+                )
+                workers[REFERENCE_NUMPY].wait_ready()
+            labels = list(workers)
+            schedule = measurement_order(labels, settings.order, settings.num_rounds, settings.seed)
+            samples: dict[str, list[float]] = {label: [] for label in labels}
+            sequence: list[str] = []  # the order the workers really measured in
+            totals = {(label, b): [0, 0.0] for label in labels for b in settings.batch_sizes}
+            per_round_calls = max(1, settings.latency_calls // settings.num_rounds)
+            command = {"cmd": "measure", "latency_calls": per_round_calls,
+                       "latency_max_seconds": settings.latency_max_seconds,
+                       "throughput_seconds": settings.throughput_seconds,
+                       "batch_sizes": list(settings.batch_sizes),
+                       "rewarm_calls": max(1, settings.warmup_calls // 4)}  # fmt: skip
+            for round_index, order in enumerate(schedule):
+                for label in order:
+                    say(f"round {round_index + 1}/{settings.num_rounds}: {label}")
+                    measured = workers[label].measure(command)
+                    sequence.append(label)
+                    samples[label].extend(measured["latency_s"])
+                    for batch_size in settings.batch_sizes:
+                        count, seconds = measured["throughput"][str(batch_size)]
+                        totals[(label, batch_size)][0] += count
+                        totals[(label, batch_size)][1] += seconds
+        finally:
+            for worker in workers.values():
+                worker.stop()
+    macs = macs_per_example(layers or [])
+    runtimes = {label: spec["runtime"] for label, spec in entries}
+    runtimes[REFERENCE_NUMPY] = "numpy"
     rows = []
-    for label, runtime_name, _ in calls:
+    for label in labels:
         latencies = np.array(samples[label]) * 1e6
         for batch_size in settings.batch_sizes:
             count, seconds = totals[(label, batch_size)]
+            per_second = batch_size * count / seconds
             row: dict[str, Any] = {
                 "label": label,
-                "runtime": runtime_name,
+                "runtime": runtimes[label],
                 "batch_size": batch_size,
-                "throughput_per_s": batch_size * count / seconds,
+                "throughput_per_s": per_second,
+                "gmac_per_s": per_second * macs / 1e9 if macs else None,
                 "calls": int(count),
                 "p50_us": None,
                 "p99_us": None,
@@ -405,7 +457,73 @@ def benchmark(
                     latency_calls=len(latencies),
                 )
             rows.append(row)
-    return BenchmarkResult(rows=rows, settings=_environment(settings, predictors, layers))
+    described = _environment(settings, workers, layers or [], macs)
+    described["schedule"] = schedule
+    described["measured_sequence"] = sequence
+    return BenchmarkResult(rows=rows, settings=described)
+
+
+def measurement_order(labels: Sequence[str], order: str, num_rounds: int, seed: int = 0) -> list[list[str]]:
+    """The order in which the runtimes take their turns, round by round.
+
+    Introduced in ``06_conversion.ipynb``.
+
+    Args:
+        labels: The runtimes, in their natural order (references first and last).
+        order: ``"forward"`` (that order every round), ``"reverse"`` (the
+            opposite order every round) or ``"shuffled"`` (a fresh random
+            order each round, from ``seed``).
+        num_rounds: Rounds.
+        seed: Seed of the shuffles.
+
+    Returns:
+        One list of labels a round.
+
+    Raises:
+        ConfigError: ``order`` is not one of :data:`ORDERS`.
+    """
+    if order not in ORDERS:
+        raise ConfigError(f"unknown order {order!r}: use one of {', '.join(ORDERS)}.")
+    generator = random.Random(seed)
+    rounds = []
+    for _ in range(num_rounds):
+        turn = list(labels) if order != "reverse" else list(reversed(labels))
+        if order == "shuffled":
+            generator.shuffle(turn)
+        rounds.append(turn)
+    return rounds
+
+
+def macs_per_example(layers: Sequence[Sequence[int]]) -> int:
+    """Multiply-adds a model does for one example, from its matrix products.
+
+    Introduced in ``06_conversion.ipynb``.
+
+    Args:
+        layers: ``(rows per example, inner size, outputs)`` a product (Dense:
+            ``(1, k, n)``; Conv2D: ``(output positions, kh * kw * c_in, c_out)``).
+
+    Returns:
+        The sum of ``rows * inner * outputs`` (the MLP's is 54,912).
+    """
+    return int(sum(rows * inner * outputs for rows, inner, outputs in layers))
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere).
+
+    Introduced in ``06_conversion.ipynb`` (the benchmark prints it).
+
+    Returns:
+        For example ``"AMD EPYC"``; ``"unknown"`` when nothing says.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 @dataclass(frozen=True)
@@ -458,119 +576,13 @@ def measure_latency(
         )
     for _ in range(warmup_calls):
         call(x)
-    microseconds = np.array(_latency_samples(call, x, num_calls, max_seconds)) * 1e6
+    microseconds = np.array(bench_worker.latency_samples(call, x, num_calls, max_seconds)) * 1e6
     return Latency(
         p50_us=float(np.percentile(microseconds, 50)),
         p99_us=float(np.percentile(microseconds, 99)),
         mean_us=float(microseconds.mean()),
         num_calls=len(microseconds),
     )
-
-
-def _latency_samples(
-    call: Callable[[np.ndarray], Any], x: np.ndarray, calls: int, max_seconds: float
-) -> list[float]:
-    timer = time.perf_counter
-    samples = []
-    deadline = timer() + max_seconds
-    for _ in range(calls):
-        started = timer()
-        call(x)
-        finished = timer()
-        samples.append(finished - started)
-        if finished > deadline and len(samples) >= 10:
-            break
-    return samples
-
-
-def _throughput(call: Callable[[np.ndarray], Any], x: np.ndarray, seconds: float) -> tuple[int, float]:
-    timer = time.perf_counter
-    count = 0
-    started = timer()
-    elapsed = 0.0
-    while count < 3 or elapsed < seconds:
-        call(x)
-        count += 1
-        elapsed = timer() - started
-    return count, elapsed
-
-
-def _raw_onnx_call(predictor: OnnxPredictor) -> Callable[[np.ndarray], Any]:
-    """A plain session on the same file, options and providers: what a hand-written server would call."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(
-        os.fspath(predictor.path), predictor.session_options, providers=predictor.providers
-    )
-    input_name = session.get_inputs()[0].name
-    output_names = [session.get_outputs()[0].name]
-    return lambda x: session.run(output_names, {input_name: x})
-
-
-def _reference_layers(
-    keras_predictor: KerasPredictor | None, onnx_predictor: OnnxPredictor | None
-) -> list[tuple[int, int, int]]:
-    """The model's matrix products as ``(rows per example, inner size, outputs)``.
-
-    A Dense layer ``k -> n`` is one ``(1, k, n)`` product; a Conv2D layer is an
-    im2col product with one row per output position and ``kh * kw * c_in``
-    inner size. Read from the tf-keras model when there is one, otherwise from
-    the ONNX graph's MatMul / Gemm weights (dense models).
-    """
-    layers: list[tuple[int, int, int]] = []
-    if keras_predictor is not None:
-        for layer in keras_predictor.model.layers:
-            inner = getattr(layer, "layer", layer)  # pruning / QAT wrappers
-            kind = type(inner).__name__
-            if kind == "Dense":
-                layers.append((1, int(inner.kernel.shape[0]), int(inner.kernel.shape[1])))
-            elif kind == "Conv2D":
-                kernel_h, kernel_w, channels_in, channels_out = (int(d) for d in inner.kernel.shape)
-                _, out_h, out_w, _ = layer.output_shape
-                layers.append((int(out_h) * int(out_w), kernel_h * kernel_w * channels_in, channels_out))
-        return layers
-    if onnx_predictor is not None:
-        import onnx
-        from onnx import numpy_helper
-
-        graph = onnx.load(os.fspath(onnx_predictor.path)).graph
-        weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in weights:
-                weight = weights[node.input[1]]
-                if weight.ndim == 2:
-                    layers.append((1, int(weight.shape[0]), int(weight.shape[1])))
-            elif node.op_type == "Conv":
-                return []  # spatial sizes would need shape inference: no reference
-    return layers
-
-
-def _numpy_reference_call(
-    layers: list[tuple[int, int, int]], input_shape: tuple[int, ...], seed: int
-) -> Callable[[np.ndarray], Any]:
-    """``relu(a @ w)`` for each product, chained where the shapes chain; weights are random.
-
-    The values do not matter for speed; the shapes do. Operand arrays for each
-    batch size are built on the first call, outside the timed loop's steady state.
-    """
-    generator = np.random.default_rng(seed)
-    weights = [generator.random((inner, outputs), dtype=np.float32) for _, inner, outputs in layers]
-    operands: dict[int, list[np.ndarray]] = {}
-
-    def call(x: np.ndarray) -> np.ndarray:
-        batch_size = x.shape[0]
-        if batch_size not in operands:
-            operands[batch_size] = [
-                generator.random((batch_size * rows, inner), dtype=np.float32) for rows, inner, _ in layers
-            ]
-        hidden = x.reshape(batch_size, -1) if layers and layers[0][0] == 1 else None
-        for (rows, inner, _), weight, operand in zip(layers, weights, operands[batch_size], strict=True):
-            source = hidden if hidden is not None and hidden.shape == (batch_size * rows, inner) else operand
-            hidden = source @ weight
-            np.maximum(hidden, 0, out=hidden)
-        return hidden
-
-    return call
 
 
 def blas_info() -> dict[str, Any]:
@@ -604,18 +616,61 @@ def blas_info() -> dict[str, Any]:
 
 
 def _environment(
-    settings: BenchmarkSettings, predictors: list[Predictor], layers: list[tuple[int, int, int]]
+    settings: BenchmarkSettings,
+    workers: dict[str, bench_worker.WorkerProcess],
+    layers: list[list[int]],
+    macs: int,
 ) -> dict[str, Any]:
-    import onnxruntime
+    """Settings, what each worker reported (threads, BLAS, environment), versions and machine."""
+    from importlib import metadata
 
-    blas = blas_info()
-    described: dict[str, Any] = {
+    reports = {
+        label: {key: worker.ready.get(key) for key in ("pid", "threads", "environment", "blas", "metadata")}
+        for label, worker in workers.items()
+    }
+    named = {"onnxruntime_intra_op": "ONNX Runtime", "litert": "LiteRT", "tensorflow_intra_op": "TensorFlow intra-op",
+             "tensorflow_inter_op": "inter-op", "blas": "BLAS"}  # fmt: skip
+    seen: dict[str, set] = {}
+    for report in reports.values():
+        for key, value in report["threads"].items():
+            if key in named:
+                seen.setdefault(named[key], set()).update(value if isinstance(value, list) else [value])
+    thread_summary = (
+        f"{settings.num_threads if settings.num_threads is not None else 'defaults'} ("
+        + ", ".join(f"{name} {'/'.join(str(v) for v in sorted(values, key=str))}" for name, values in seen.items())
+        + ")"
+    )
+    pinned = {name: value for name, value in os.environ.items() if name in bench_worker.OPENBLAS_PINNING}
+    numpy_report = reports.get(REFERENCE_NUMPY)
+    note = "not measured"
+    if numpy_report is not None:
+        unset = all(value is None for value in numpy_report["environment"].values())
+        blas = ", ".join(
+            f"{pool['internal_api']} {pool['version']} {pool['architecture']} {pool['num_threads']} thread(s)"
+            for pool in numpy_report["blas"] if pool.get("user_api") == "blas"
+        )  # fmt: skip
+        note = (
+            f"{' and '.join(bench_worker.OPENBLAS_PINNING)} {'unset' if unset else 'SET'} in its process only "
+            f"(this process: {', '.join(f'{k}={v}' for k, v in pinned.items()) or 'neither set'}); BLAS: {blas}"
+        )
+    versions = {}
+    for package in ("numpy", "onnxruntime", "ai-edge-litert", "tensorflow", "tf-keras"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
         **asdict(settings),
-        "blas_summary": blas["summary"],
-        "blas": blas,
+        "cpu_model": cpu_model(),
+        "macs_per_example": macs,
         "numpy_reference_layers": [list(layer) for layer in layers],
-        "predictors": [p.metadata() for p in predictors],
-        "versions": {"numpy": np.__version__, "onnxruntime": onnxruntime.__version__},
+        "thread_summary": thread_summary,
+        "threads_reported": {name: sorted(values, key=str) for name, values in seen.items()},
+        "numpy_reference_note": note,
+        "blas_summary": note if numpy_report is not None else blas_info()["summary"],
+        "environment": pinned,
+        "workers": reports,
+        "versions": versions,
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
@@ -623,12 +678,3 @@ def _environment(
         },
         "fast_mode": config.fast_mode(),
     }
-    if any(isinstance(p, (KerasPredictor, SavedModelPredictor)) for p in predictors):
-        from aideploy.backend import tf
-
-        described["versions"]["tensorflow"] = tf.__version__
-        described["tensorflow_threads"] = {
-            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-        }
-    return described

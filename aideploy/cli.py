@@ -115,15 +115,25 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="benchmark a model's runtimes (latency and throughput)",
         description="Measure batch-1 latency and throughput of each model file (or each model in "
-        "each folder) in one process, next to model.predict, raw onnxruntime and a NumPy "
-        "reference. Prints a table; with --json the last line holds every measurement.",
+        "each folder), each runtime in a process of its own with the same thread count, next to "
+        "model.predict, raw onnxruntime and a NumPy reference. Prints a table, then a short JSON "
+        "line (headline ratios and the results files); with --json the last line holds every measurement.",
     )
     parser.add_argument("models", metavar="MODEL_OR_DIR", nargs="+", help="model files or folders of them")
     parser.add_argument(
         "--batch-sizes", type=_positive_int, nargs="+", default=None, help="default: 1 32 256 4096"
     )
     parser.add_argument(
-        "--num-threads", type=_positive_int, default=1, help="ONNX Runtime and LiteRT threads (default: 1)"
+        "--num-threads",
+        type=_positive_int,
+        default=1,
+        help="threads of every runtime and of NumPy's BLAS (default: 1)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=("shuffled", "forward", "reverse"),
+        default="shuffled",
+        help="order in which the runtimes take turns each round (default: shuffled)",
     )
     parser.add_argument("--out", default=None, help="also write runtimes.csv/.json/.png into this folder")
     parser.add_argument("--json", action="store_true", help="end with every measurement as JSON")
@@ -135,7 +145,7 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from aideploy import bench, runtime
 
     paths = runtime.find_models(args.models)
-    overrides: dict[str, Any] = {"num_threads": args.num_threads}
+    overrides: dict[str, Any] = {"num_threads": args.num_threads, "order": args.order}
     if args.batch_sizes:
         overrides["batch_sizes"] = tuple(args.batch_sizes)
     settings = bench.BenchmarkSettings.for_mode(**overrides)
@@ -147,7 +157,18 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.json:
         return {**result.to_dict(), "files": saved}
     print(result.table(), flush=True)
-    return {"models": [str(p) for p in paths], "ratios": result.to_dict()["ratios"], "files": saved}
+    return {
+        "models": [str(p) for p in paths],
+        "cpu_model": result.settings["cpu_model"],
+        "num_threads": settings.num_threads,
+        "order": settings.order,
+        "batch1_p50_us": {label: round(result.get(label, 1)["p50_us"], 2) for label in result.labels()},
+        "ratios": {
+            label: {name: None if value is None else round(value, 3) for name, value in ratios.items()}
+            for label, ratios in result.ratios(batch1_only=True).items()
+        },
+        "files": saved,
+    }
 
 
 # --- aideploy tune --------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 
 from aideploy.data import IMAGE_SHAPE, NUM_FEATURES
 from aideploy.errors import ArtifactError, ConfigError, ModelInputError
+from aideploy.quiet import native_stderr_silenced
 
 #: Runtime names, as :func:`load` accepts them and predictors report them.
 RUNTIMES = ("keras", "saved_model", "tflite", "onnxruntime")
@@ -224,11 +225,14 @@ class TFLitePredictor(Predictor):
         self.path = _existing(path)
         self.num_threads = num_threads
         try:
-            self.interpreter = Interpreter(
-                model_path=os.fspath(self.path),
-                num_threads=check_threads(num_threads) if num_threads is not None else None,
-            )
-            self.interpreter.allocate_tensors()
+            # LiteRT's native code prints "INFO: Created TensorFlow Lite XNNPACK
+            # delegate for CPU." when the first tensors are allocated: noise here.
+            with native_stderr_silenced():
+                self.interpreter = Interpreter(
+                    model_path=os.fspath(self.path),
+                    num_threads=check_threads(num_threads) if num_threads is not None else None,
+                )
+                self.interpreter.allocate_tensors()
         except Exception as error:
             raise ArtifactError(
                 f"cannot load {self.path} with LiteRT ({type(error).__name__}: {error}). "
@@ -321,7 +325,7 @@ class SavedModelPredictor(Predictor):
     runtime = "saved_model"
 
     def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None) -> None:
-        from aideploy.backend import native_stderr_silenced, tf
+        from aideploy.backend import tf
 
         self.path = _existing(path)
         self.num_threads = _tensorflow_threads(num_threads)

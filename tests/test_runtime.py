@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -116,12 +117,14 @@ def test_onnx_and_tflite_predictors_run_without_tensorflow(mlp_exports, mlp_spli
         for path in ({str(mlp_exports["onnx"].path)!r}, {str(mlp_exports["tflite"].path)!r}):
             predictor = runtime.load(path)
             outputs[predictor.runtime] = predictor.predict(x).argmax(axis=1).tolist()
+            predictor.predict(x[:1])  # the interpreter resizes and re-allocates
         print(json.dumps({{"tensorflow": "tensorflow" in sys.modules, "top1": outputs}}))
         """
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["tensorflow"] is False
+    assert "XNNPACK" not in completed.stderr, completed.stderr  # LiteRT's native INFO line is silenced
     assert result["top1"]["onnxruntime"] == result["top1"]["tflite"]
     assert len(result["top1"]["onnxruntime"]) == 16
 
@@ -168,10 +171,10 @@ def test_parity_report_checks_lengths_and_formats(trained_mlp, mlp_exports, mlp_
     assert not report.passed(max_abs_diff=-1.0)
 
 
-def test_benchmark_measures_every_runtime_and_the_references(trained_mlp, mlp_exports, tmp_path):
+def test_benchmark_gives_every_runtime_its_own_process_and_the_same_threads(trained_mlp, mlp_exports, tmp_path):
     settings = bench.BenchmarkSettings(
         batch_sizes=(1, 8), latency_calls=20, latency_max_seconds=0.2, throughput_seconds=0.01,
-        num_rounds=1, warmup_calls=2,
+        num_rounds=1, warmup_calls=2, num_threads=2,
     )  # fmt: skip
     sources = [trained_mlp["model_path"], mlp_exports["onnx"].path, mlp_exports["tflite"].path]
     result = bench.benchmark(sources, settings)
@@ -189,19 +192,93 @@ def test_benchmark_measures_every_runtime_and_the_references(trained_mlp, mlp_ex
         assert row["throughput_per_s"] > 0
         if row["batch_size"] == 1:
             assert 0 < row["p50_us"] <= row["p99_us"]
-    assert result.ratio(bench.REFERENCE_RAW_ONNX, bench.REFERENCE_RAW_ONNX, 1, measure="latency") == 1.0
+    workers = result.settings["workers"]
+    assert len({report["pid"] for report in workers.values()}) == 6  # one process a runtime
+    # The thread count reached every runtime: TensorFlow's pools, ONNX Runtime's
+    # session options, LiteRT's interpreter and every BLAS pool (threadpoolctl).
+    for label in (bench.REFERENCE_PREDICT, "aideploy keras"):
+        assert workers[label]["threads"]["tensorflow_intra_op"] == 2
+        assert workers[label]["threads"]["tensorflow_inter_op"] == 2
+    for label in ("aideploy onnxruntime", bench.REFERENCE_RAW_ONNX):
+        assert workers[label]["threads"]["onnxruntime_intra_op"] == 2
+    assert workers["aideploy tflite"]["threads"]["litert"] == 2
+    for label, report in workers.items():
+        assert report["threads"]["blas"] == [2], label
+        assert all(pool["num_threads"] == 2 for pool in report["blas"]), label
+    assert result.settings["thread_summary"].startswith("2 (")
+
+    # GMAC/s is multiply-adds an example (784*64 + 64*64 + 64*10) times examples a second.
+    assert result.settings["macs_per_example"] == 54_912
     assert result.settings["numpy_reference_layers"] == [[1, 784, 64], [1, 64, 64], [1, 64, 10]]
-    assert result.settings["num_threads"] == 1
-    assert result.settings["blas_summary"]
+    for row in result.rows:
+        assert row["gmac_per_s"] == pytest.approx(row["throughput_per_s"] * 54_912 / 1e9, rel=1e-9)
+    cpu = result.settings["cpu_model"]
+    assert cpu and cpu == bench.cpu_model()
     table = result.table()
-    assert "b1 cost/raw ORT" in table and "@8 /numpy" in table and "aideploy tflite" in table
+    for text in (f"CPU: {cpu}", "threads per runtime: 2", "GMAC/s @8", "b1 cost/raw ORT", "b1 cost/numpy",
+                 "@8 /numpy", "aideploy tflite", "54,912 multiply-adds"):  # fmt: skip
+        assert text in table, text
+    onnx_cost = result.ratio("aideploy onnxruntime", bench.REFERENCE_RAW_ONNX, 1, measure="latency")
+    assert (
+        onnx_cost == result.get("aideploy onnxruntime", 1)["p50_us"] / result.get(bench.REFERENCE_RAW_ONNX, 1)["p50_us"]
+    )
 
     paths = result.save(tmp_path / "results")
     assert sorted(paths) == ["csv", "json", "png"]
     assert paths["csv"].read_text().count("\n") == 1 + len(result.rows)
     saved = json.loads(paths["json"].read_text())
-    assert saved["ratios"]["aideploy onnxruntime"]["batch1_cost_vs_raw_onnxruntime"] > 0
+    assert saved["ratios"]["aideploy onnxruntime"]["batch1_cost_vs_raw_onnxruntime"] == pytest.approx(onnx_cost)
     assert paths["png"].stat().st_size > 10_000
+
+
+def test_order_changes_the_order_the_runtimes_are_measured_in(mlp_exports):
+    settings = bench.BenchmarkSettings(
+        batch_sizes=(1,), latency_calls=20, latency_max_seconds=0.05, throughput_seconds=0.005,
+        num_rounds=2, warmup_calls=1,
+    )  # fmt: skip
+    sources = [mlp_exports["onnx"].path, mlp_exports["tflite"].path]
+    natural = ["aideploy onnxruntime", bench.REFERENCE_RAW_ONNX, "aideploy tflite", bench.REFERENCE_NUMPY]
+    forward = bench.benchmark(sources, dataclasses.replace(settings, order="forward"))
+    reverse = bench.benchmark(sources, dataclasses.replace(settings, order="reverse"))
+    assert forward.settings["measured_sequence"] == natural * 2
+    assert reverse.settings["measured_sequence"] == natural[::-1] * 2
+    assert forward.labels() == reverse.labels() == natural  # the table keeps one order
+
+
+def test_measurement_order_shuffles_each_round_afresh():
+    labels = [f"runtime {index}" for index in range(6)]
+    rounds = bench.measurement_order(labels, "shuffled", 8, seed=3)
+    assert all(sorted(turn) == sorted(labels) for turn in rounds)
+    assert len({tuple(turn) for turn in rounds}) > 1
+    assert rounds == bench.measurement_order(labels, "shuffled", 8, seed=3)
+    assert bench.measurement_order(labels, "reverse", 2) == [labels[::-1]] * 2
+    with pytest.raises(ConfigError, match="unknown order 'backwards'"):
+        bench.measurement_order(labels, "backwards", 1)
+
+
+def test_numpy_reference_runs_with_openblas_pinning_unset_in_its_process_only(mlp_exports, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "524288")
+    settings = bench.BenchmarkSettings(
+        batch_sizes=(1,), latency_calls=10, latency_max_seconds=0.05, throughput_seconds=0.005,
+        num_rounds=1, warmup_calls=1,
+    )  # fmt: skip
+    result = bench.benchmark([mlp_exports["onnx"].path], settings)
+    workers = result.settings["workers"]
+    assert workers[bench.REFERENCE_NUMPY]["environment"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert workers["aideploy onnxruntime"]["environment"] == {
+        "OPENBLAS_CORETYPE": "Haswell",
+        "OPENBLAS_L2_SIZE": "524288",
+    }
+    assert "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset in its process only" in result.table()
+    assert "OPENBLAS_CORETYPE=Haswell" in result.table()
+
+
+def test_a_worker_that_cannot_load_its_model_is_an_artifact_error(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match=r"cannot benchmark aideploy onnxruntime: ArtifactError: cannot load"):
+        bench.benchmark([broken], bench.BenchmarkSettings(num_rounds=1))
 
 
 def test_numpy_reference_follows_convolutions(trained_cnn):
@@ -217,6 +294,20 @@ def test_numpy_reference_follows_convolutions(trained_cnn):
         [1, 3136, 128],
         [1, 128, 10],
     ]
+    assert (
+        result.settings["macs_per_example"]
+        == 4_241_152
+        == bench.macs_per_example([[784, 9, 32], [196, 288, 64], [1, 3136, 128], [1, 128, 10]])
+    )
+
+
+def test_measure_latency_counts_calls_and_orders_percentiles():
+    calls = []
+    latency = bench.measure_latency(calls.append, np.zeros((1, 4), np.float32), num_calls=30, warmup_calls=5)
+    assert len(calls) == 35 and latency.num_calls == 30
+    assert 0 < latency.p50_us <= latency.p99_us
+    with pytest.raises(ConfigError, match="at least 10 calls"):
+        bench.measure_latency(calls.append, np.zeros(1), num_calls=5)
 
 
 def test_benchmark_settings_are_checked():
@@ -224,4 +315,6 @@ def test_benchmark_settings_are_checked():
         bench.BenchmarkSettings(batch_sizes=(0,))
     with pytest.raises(ConfigError, match="num_threads"):
         bench.BenchmarkSettings(num_threads=0)
-    assert bench.BenchmarkSettings.for_mode(num_threads=2).num_threads == 2
+    with pytest.raises(ConfigError, match="unknown order 'sideways'"):
+        bench.BenchmarkSettings(order="sideways")
+    assert bench.BenchmarkSettings.for_mode(num_threads=2, order="reverse").order == "reverse"
