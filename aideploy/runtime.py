@@ -61,8 +61,8 @@ class TensorInfo:
     def describe(self) -> str:
         """``(N, 784) float32``: the form error messages use."""
         dims = ", ".join("N" if index == 0 else ("?" if d is None else str(d)) for index, d in enumerate(self.shape))
-        inside = f" ({self.quantized_dtype} inside, scale {self.scale:.6g}, zero point {self.zero_point})"
-        return f"({dims}) {self.dtype}" + (inside if self.quantized_dtype else "")
+        quantized = self.quantized_dtype and f" ({self.quantized_dtype} inside, scale {self.scale:.6g}, zero point"
+        return f"({dims}) {self.dtype}" + (f"{quantized} {self.zero_point})" if quantized else "")
 
 
 class Predictor:
