@@ -298,7 +298,8 @@ def weight_report(model: keras.Model) -> list[dict[str, Any]]:
     rows = []
     for layer in model.layers:
         for weight in layer.weights:
-            if "kernel" not in weight.name or "mask" in weight.name:
+            # "dense_1/kernel:0", not a pruning mask or a quantizer's kernel_min / kernel_max.
+            if not weight.name.split("/")[-1].startswith("kernel:"):
                 continue
             values = weight.numpy()
             rows.append(

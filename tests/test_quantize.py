@@ -161,3 +161,24 @@ def test_representative_data_of_the_wrong_shape_or_dtype_says_how_to_fix_it(trai
     with pytest.raises(ConfigError, match="unknown TFLite quantization method"):
         quantize.to_tflite(model, tmp_path / "e.tflite", "int4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pruning_preserving_qat_keeps_the_zeros_and_compounds_the_savings(trained_mlp, mlp_splits, tmp_path):
+    from aideploy import prune
+
+    small = dataclasses.replace(mlp_splits, x_train=mlp_splits.x_train[:3000], y_train=mlp_splits.y_train[:3000])
+    base = train.load_model(trained_mlp["model_path"])
+    pruned = prune.prune(base, small, prune.PruneSettings(target_sparsity=0.8, num_epochs=2)).model
+    qat = quantize.quantization_aware(pruned, small, preserve_sparsity=True).model
+    report = prune.weight_report(qat)
+    assert len(report) == 3 and all(row["sparsity"] == pytest.approx(0.8, abs=0.01) for row in report)
+
+    dense_float = prune.file_sizes(convert.to_tflite(base, tmp_path / "dense.tflite").path)
+    compound = convert.to_tflite(qat, tmp_path / "pqat.tflite", optimizations=("DEFAULT",)).path
+    onnx_path = convert.to_onnx(qat, tmp_path / "pqat.onnx").path
+    assert prune.file_sizes(compound)["gzip_bytes"] <= 0.15 * dense_float["gzip_bytes"]
+    qat_top1 = runtime.load(qat).predict(mlp_splits.x_test).argmax(axis=1)
+    for path in (compound, onnx_path):
+        top1 = quantize.predict_file(path, mlp_splits.x_test).argmax(axis=1)
+        assert np.mean(top1 == qat_top1) >= MIN_INT8_AGREEMENT, path
+    assert np.mean(qat_top1 == mlp_splits.y_test) >= trained_mlp["test_accuracy"] - 0.08
