@@ -267,33 +267,83 @@ def _qat_to_onnx(model: keras.Model, spec: tf.TensorSpec, opset: int) -> tuple[A
     return model_proto, params, {"tensorflow_model_optimization": tfmot.__version__}
 
 
+#: Names :func:`to_tflite` accepts for its options (the ``tf.lite`` attribute names).
+TFLITE_OPTIMIZATIONS = ("DEFAULT",)
+TFLITE_OPS = (
+    "TFLITE_BUILTINS",
+    "TFLITE_BUILTINS_INT8",
+    "EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",
+    "SELECT_TF_OPS",
+)
+TFLITE_TYPES = ("float32", "float16", "int8", "uint8", "int16")
+
+
 def to_tflite(
     model: keras.Model,
     path: str | os.PathLike,
     *,
     source: dict[str, Any] | None = None,
+    optimizations: tuple[str, ...] = (),
+    representative_data: np.ndarray | None = None,
+    supported_ops: tuple[str, ...] = (),
+    supported_types: tuple[str, ...] = (),
+    inference_input_type: str | None = None,
+    inference_output_type: str | None = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> Export:
-    """Convert a tf-keras model to a float32 TFLite flatbuffer.
+    """Convert a tf-keras model to a TFLite flatbuffer, float32 unless options say otherwise.
 
-    Uses ``tf.lite.TFLiteConverter.from_keras_model`` without optimizations, so
-    weights and activations stay float32 (``05_quantization.ipynb`` covers the
-    quantized variants). The flatbuffer's ``serving_default`` signature names the
-    input ``input`` and the output ``probabilities``. Introduced in
-    ``06_conversion.ipynb``.
+    Uses ``tf.lite.TFLiteConverter`` on the serving function. Without options,
+    weights and activations stay float32; the options are the converter's own
+    (``05_quantization.ipynb`` uses them for the quantized variants), given by
+    name so the manifest can record them::
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+
+    The flatbuffer's ``serving_default`` signature names the input ``input`` and
+    the output ``probabilities``. Introduced in ``06_conversion.ipynb``.
 
     Args:
         model: A tf-keras model with one input and one output.
         path: Target ``.tflite`` file.
         source: Provenance of the model.
+        optimizations: Names of ``tf.lite.Optimize`` members (``"DEFAULT"``).
+        representative_data: Float32 inputs shaped like the model's input; the
+            converter calibrates activation ranges on them one image at a time.
+        supported_ops: Names of ``tf.lite.OpsSet`` members (:data:`TFLITE_OPS`).
+        supported_types: ``target_spec.supported_types`` (``"float16"`` for float16 weights).
+        inference_input_type: dtype of the model's input, e.g. ``"int8"`` or ``"uint8"``.
+        inference_output_type: dtype of the model's output.
+        extra_params: More to record in the manifest's params (a caller's method
+            and settings).
 
     Returns:
         The :class:`Export`.
 
     Raises:
-        ConfigError: A model with several inputs or outputs.
+        ConfigError: A model with several inputs or outputs, an unknown option name.
+        ModelInputError: ``representative_data`` is empty or does not fit the model's input.
     """
-    function = _serving_function(model, _input_spec(model))
+    spec = _input_spec(model)
+    function = _serving_function(model, spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
+    converter.optimizations = [getattr(tf.lite.Optimize, _option(o, TFLITE_OPTIMIZATIONS, "optimization"))
+                               for o in optimizations]  # fmt: skip
+    if supported_ops:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, _option(o, TFLITE_OPS, "op set"))
+                                               for o in supported_ops]  # fmt: skip
+    if supported_types:
+        converter.target_spec.supported_types = [tf.as_dtype(_option(t, TFLITE_TYPES, "type")) for t in supported_types]
+    if inference_input_type is not None:
+        converter.inference_input_type = tf.as_dtype(_option(inference_input_type, TFLITE_TYPES, "input type"))
+    if inference_output_type is not None:
+        converter.inference_output_type = tf.as_dtype(_option(inference_output_type, TFLITE_TYPES, "output type"))
+    if representative_data is not None:
+        samples = _check_representative(representative_data, spec)
+        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
     with native_stderr_silenced():
         flatbuffer = converter.convert()
     return _save(
@@ -302,9 +352,46 @@ def to_tflite(
         fmt="tflite",
         model=model,
         source=source,
-        params={"converter": "tf.lite.TFLiteConverter", "optimizations": [], "dtype": "float32"},
+        params={
+            "converter": "tf.lite.TFLiteConverter",
+            "optimizations": list(optimizations),
+            "dtype": "float32" if not optimizations else "quantized",
+            "supported_ops": list(supported_ops),
+            "supported_types": list(supported_types),
+            "inference_input_type": inference_input_type or "float32",
+            "inference_output_type": inference_output_type or "float32",
+            "representative_size": 0 if representative_data is None else len(representative_data),
+            **(extra_params or {}),
+        },
         versions={"tensorflow": tf.__version__},
     )
+
+
+def _option(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"unknown TFLite {what} {value!r}: use one of {', '.join(allowed)}.")
+    return value
+
+
+def _check_representative(samples: Any, spec: tf.TensorSpec) -> np.ndarray:
+    """The representative data as float32, checked against the model's input."""
+    from aideploy.errors import ModelInputError
+
+    samples = np.asarray(samples)
+    trailing = tuple(spec.shape.as_list()[1:])
+    if samples.ndim != len(trailing) + 1 or samples.shape[1:] != trailing:
+        raise ModelInputError(
+            f"representative data must be shaped (N, {', '.join(map(str, trailing))}) like the model's input, "
+            f"got {samples.shape}: draw it from the model's own training images."
+        )
+    if len(samples) == 0:
+        raise ModelInputError("representative data is empty: pass at least one image (100-500 is usual).")
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise ModelInputError(
+            f"representative data must be float pixels in [0, 1] like the training images, got {samples.dtype}: "
+            "scale it with data.scale(x)."
+        )
+    return samples.astype(np.float32, copy=False)
 
 
 def to_saved_model(

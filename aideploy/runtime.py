@@ -46,18 +46,23 @@ _ONNX_TYPES = {
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Name, shape (``None`` for a dynamic dimension) and dtype of a model input or output."""
+    """Name, shape (``None``: dynamic) and dtype of what ``predict`` takes or returns.
+
+    A quantized model tensor also records ``quantized_dtype``, ``scale`` and ``zero_point``
+    (real = scale * (q - zero_point)); the predictor converts, so ``dtype`` stays float32."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    quantized_dtype: str | None = None
+    scale: float | None = None
+    zero_point: int | None = None
 
     def describe(self) -> str:
         """``(N, 784) float32``: the form error messages use."""
-        dims = ", ".join(
-            "N" if index == 0 else ("?" if d is None else str(d)) for index, d in enumerate(self.shape)
-        )
-        return f"({dims}) {self.dtype}"
+        dims = ", ".join("N" if index == 0 else ("?" if d is None else str(d)) for index, d in enumerate(self.shape))
+        quantized = self.quantized_dtype and f" ({self.quantized_dtype} inside, scale {self.scale:.6g}, zero point"
+        return f"({dims}) {self.dtype}" + (f"{quantized} {self.zero_point})" if quantized else "")
 
 
 class Predictor:
@@ -255,6 +260,10 @@ class TFLitePredictor(Predictor):
         self._output_index = output_detail["index"]
         self._batch_size = int(input_detail["shape"][0])
         self._set_expected()
+        # predict takes and returns floats: it (de)quantizes an integer input and output itself.
+        quantized = self.input.quantized_dtype
+        self._input_quantization = (self.input.scale, self.input.zero_point, np.dtype(quantized)) if quantized else None
+        self._output_quantization = (self.output.scale, self.output.zero_point) if self.output.quantized_dtype else None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Run the model on a batch (see :meth:`Predictor.predict`)."""
@@ -264,9 +273,17 @@ class TFLitePredictor(Predictor):
             self.interpreter.resize_tensor_input(self._input_index, x.shape)
             self.interpreter.allocate_tensors()
             self._batch_size = x.shape[0]
+        if self._input_quantization is not None:
+            scale, zero_point, dtype = self._input_quantization
+            limits = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale) + zero_point, limits.min, limits.max).astype(dtype)
         self.interpreter.set_tensor(self._input_index, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output_index)
+        output = self.interpreter.get_tensor(self._output_index)
+        if self._output_quantization is not None:
+            scale, zero_point = self._output_quantization
+            return (output.astype(np.float32) - zero_point) * np.float32(scale)
+        return output
 
 
 class KerasPredictor(Predictor):
@@ -676,4 +693,8 @@ def _tflite_info(name: str, detail: Mapping[str, Any]) -> TensorInfo:
     # The predictor resizes the input to each batch, so the batch dimension is
     # dynamic even when the flatbuffer was converted with a fixed batch of 1.
     shape = (None, *(None if int(d) < 0 else int(d) for d in signature[1:]))
-    return TensorInfo(name, shape, np.dtype(detail["dtype"]).name)
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        return TensorInfo(name, shape, "float32", dtype.name, float(scale), int(zero_point))
+    return TensorInfo(name, shape, dtype.name)

@@ -276,6 +276,9 @@ def save(
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` model saved by :func:`save` (checked against its manifest if present).
 
+    Pruned, clustered and quantization-aware models (``05_quantization.ipynb``)
+    load too: their tfmot layers are known inside tfmot's custom-object scopes.
+
     Raises:
         ArtifactError: The file is missing, does not match its manifest or cannot
             be read as a tf-keras model.
@@ -285,8 +288,15 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ArtifactError(f"model file {path} does not exist: train one with `aideploy train`.")
     if artifacts.manifest_path(path).is_file():
         artifacts.verify(path)
+    import tensorflow_model_optimization as tfmot
+
     try:
-        return keras.models.load_model(path)
+        with (
+            tfmot.quantization.keras.quantize_scope(),
+            tfmot.sparsity.keras.prune_scope(),
+            tfmot.clustering.keras.cluster_scope(),
+        ):
+            return keras.models.load_model(path)
     except Exception as error:  # Keras raises many types for an unreadable file.
         raise ArtifactError(
             f"cannot load {path} as a tf-keras model ({type(error).__name__}: {error}). "
