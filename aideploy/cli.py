@@ -104,6 +104,11 @@ def _export_formats() -> tuple[str, ...]:
 
 
 def _run_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from aideploy import artifacts
+
+    # A bad --out is reported before TensorFlow loads (seconds).
+    if args.out is not None:
+        artifacts.writable_dir(args.out, option="--out")
     from aideploy import convert
 
     print(f"Exporting {args.model} to {args.format}...", flush=True)
@@ -148,8 +153,10 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from aideploy import bench, runtime
+    from aideploy import artifacts, bench, runtime
 
+    if args.out is not None:
+        artifacts.writable_dir(args.out, option="--out")
     paths = runtime.find_models(args.models)
     overrides: dict[str, Any] = {"num_threads": args.num_threads, "order": args.order}
     if args.batch_sizes:

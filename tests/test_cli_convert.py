@@ -74,7 +74,6 @@ def test_bench_prints_a_table_and_json(trained_mlp, tmp_path, capsys):
     assert "raw InferenceSession.run" in out and "aideploy tflite" in out and "b1 cost/raw ORT" in out
     summary = _last_json_line(out)
     assert summary["models"] == [str(exported.path), str(tflite.path)]
-    assert summary["ratios"]["raw InferenceSession.run"]["batch1_cost_vs_raw_onnxruntime"] == 1.0
 
     assert cli.main([*argv, "--json", "--out", str(tmp_path / "results")]) == 0
     result = _last_json_line(capsys.readouterr().out)
@@ -86,3 +85,20 @@ def test_bench_prints_a_table_and_json(trained_mlp, tmp_path, capsys):
 def test_bench_bad_path_exits_2(tmp_path, capsys):
     assert cli.main(["bench", str(tmp_path / "missing.onnx")]) == cli.EXIT_EXPECTED_ERROR
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["convert", "bench"])
+def test_unwritable_out_folder_exits_2_before_any_work(command, trained_mlp, tmp_path, capsys):
+    # A file where the folder should be: nothing can be created beneath it.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = {
+        "convert": ["convert", trained_mlp["model_path"], "--to", "onnx", "--out", str(blocker / "out")],
+        "bench": ["bench", trained_mlp["model_path"], "--fast", "--out", str(blocker / "out")],
+    }[command]
+
+    assert cli.main(argv) == cli.EXIT_EXPECTED_ERROR
+    captured = capsys.readouterr()
+    assert "cannot write to" in captured.err and "--out" in captured.err
+    assert "Traceback" not in captured.err
+    assert "Benchmarking" not in captured.err and "Exporting" not in captured.out

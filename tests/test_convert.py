@@ -15,16 +15,6 @@ MAX_ABS_DIFF = 1e-4
 MIN_TOP1_AGREEMENT = 0.999
 
 
-@pytest.fixture(scope="module")
-def mlp_exports(trained_mlp, tmp_path_factory):
-    return convert.export_all(trained_mlp["model_path"], tmp_path_factory.mktemp("mlp-exports"))
-
-
-@pytest.fixture(scope="module")
-def cnn_exports(trained_cnn, tmp_path_factory):
-    return convert.export_all(trained_cnn["model_path"], tmp_path_factory.mktemp("cnn-exports"))
-
-
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_every_format_agrees_with_keras_on_the_whole_test_set(kind, request):
     summary = request.getfixturevalue(f"trained_{kind}")

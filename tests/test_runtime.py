@@ -12,13 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from aideploy import bench, convert, runtime
+from aideploy import bench, runtime
 from aideploy.errors import ArtifactError, ConfigError, ModelInputError
-
-
-@pytest.fixture(scope="module")
-def mlp_exports(trained_mlp, tmp_path_factory):
-    return convert.export_all(trained_mlp["model_path"], tmp_path_factory.mktemp("mlp-exports"))
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +327,6 @@ def test_bench_command_prints_the_table_then_a_short_json_line(mlp_exports, tmp_
     assert len(out[-1]) < 1500  # a short last line; the full results are in the file it names
     summary = json.loads(out[-1])
     assert summary["order"] == "reverse" and summary["num_threads"] == 1
-    assert summary["ratios"][bench.REFERENCE_RAW_ONNX]["batch1_cost_vs_raw_onnxruntime"] == 1.0
     saved = json.loads(open(summary["files"]["json"]).read())
     assert saved["settings"]["order"] == "reverse"
     assert saved["settings"]["measured_sequence"][:4] == [

@@ -198,7 +198,7 @@ def run_workers(
 
 
 def failure_summary(lines: Sequence[str], *, max_lines: int = FAILURE_TAIL_LINES) -> str:
-    """The telling lines of a failed process's output, joined by `` | ``.
+    """The telling lines of a failed process's output, joined by a vertical bar (" | ").
 
     After a Python traceback these are its unindented lines (the exception and its
     message; the stack frames are left out); otherwise the last ``max_lines`` lines.
