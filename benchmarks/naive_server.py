@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="the .onnx file (naive)")
     parser.add_argument("--repo", help="the model repository (aideploy)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default: 1)")
+    parser.add_argument("--inline-below-ms", type=float, default=None, help="aideploy's ServerSettings field")
     args = parser.parse_args(argv)
 
     from aideploy.serve.app import UVICORN_OPTIONS
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "aideploy":
         from aideploy.serve import ServerSettings, run
 
-        run(args.repo, host="127.0.0.1", port=args.port, settings=ServerSettings(num_threads=args.threads))
+        settings = ServerSettings(num_threads=args.threads)
+        if args.inline_below_ms is not None:
+            settings = ServerSettings(num_threads=args.threads, inline_below_ms=args.inline_below_ms)
+        run(args.repo, host="127.0.0.1", port=args.port, settings=settings)
         return 0
     import uvicorn
 

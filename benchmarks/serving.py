@@ -139,11 +139,12 @@ def free_port() -> int:
 class Server:
     """One server child process (``benchmarks/naive_server.py KIND``), stopped by pid."""
 
-    def __init__(self, kind: str, threads: int, *, model: Path, repo: Path, log_dir: Path) -> None:
+    def __init__(self, kind: str, threads: int, *, model: Path, repo: Path, log_dir: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         self.kind, self.port = kind, free_port()
         command = [sys.executable, str(HERE / "naive_server.py"), kind, "--port", str(self.port),
                    "--threads", str(threads)]
-        command += ["--repo", str(repo)] if kind == "aideploy" else ["--model", str(model)]
+        command += ["--repo", str(repo), *extra] if kind == "aideploy" else ["--model", str(model)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.log = log_dir / f"{kind}.log"
         with open(self.log, "wb") as log:
@@ -209,8 +210,8 @@ def load_wrk(port: int, request: tuple[str, bytes, dict[str, str]], concurrency:
     (work / "script.lua").write_text(_WRK_SCRIPT)
     env = {**os.environ, "BENCH_BODY": str(work / "body.bin"),
            "BENCH_HEADERS": "\n".join(f"{k}:{v}" for k, v in headers.items())}
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(work / "script.lua"),
-               f"http://127.0.0.1:{port}{path}"]
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+               "-s", str(work / "script.lua"), f"http://127.0.0.1:{port}{path}"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60)
     line = next((row for row in done.stdout.splitlines() if row.startswith("BENCH ")), None)
     if line is None:
@@ -338,7 +339,8 @@ def run_benchmark(args: argparse.Namespace, work: Path, model: Path, repo: Path)
 
     results: dict[tuple[str, int], dict[str, float]] = {}
     for kind in ("aideploy", "naive", "echo"):
-        server = Server(kind, args.threads, model=model, repo=repo, log_dir=work)
+        extra = () if args.inline_below_ms is None else ("--inline-below-ms", str(args.inline_below_ms))
+        server = Server(kind, args.threads, model=model, repo=repo, log_dir=work, extra=extra)
         try:
             for label, server_kind, request_key in CONTENDERS:
                 if server_kind != kind:
@@ -427,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds a point (default: 5)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
+    parser.add_argument("--inline-below-ms", type=float, default=None,
+                        help="aideploy's ServerSettings.inline_below_ms (0: every batch in the model's thread)")
     parser.add_argument("--python-client", action="store_true", help="use the Python load generator even with wrk")
     parser.add_argument("--client-processes", type=int, default=2, help="Python load generator processes")
     parser.add_argument("--soak", action="store_true", help="the 10,000-request soak test instead")
