@@ -15,7 +15,6 @@ All three run uvicorn with :data:`aideploy.serve.app.UVICORN_OPTIONS` (the optio
 Command: ``python benchmarks/naive_server.py KIND --port P (--model M.onnx | --repo DIR) [--threads 1]``.
 """
 
-from __future__ import annotations
 
 import argparse
 import sys
