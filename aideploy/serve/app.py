@@ -12,9 +12,7 @@ requests finish, then the batchers finish what is queued.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -27,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aideploy.errors import ModelNotReadyError
 from aideploy.serve import images, tfserving, v2
 from aideploy.serve.server import ModelServer, ServerSettings
 
@@ -90,19 +87,6 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
         return v2.error_response(error.status_code, message)
 
     return app
-
-
-async def _freeze_when_loaded(server: ModelServer) -> None:
-    """Exclude what exists once the models are loaded from the cyclic garbage collector.
-
-    The libraries and models make hundreds of thousands of long-lived objects; every
-    full collection walked them all, pausing every request for tens of milliseconds
-    (the benchmark's p99). ``gc.freeze`` leaves them out of all later collections.
-    """
-    with contextlib.suppress(ModelNotReadyError):
-        await server.wait_ready(600)
-    gc.collect()
-    gc.freeze()
 
 
 class _GracefulServer:
@@ -176,18 +160,15 @@ def run(
     )
     uvicorn_server = _GracefulServer(config, server)
     url = f"http://{host}:{port}"
-    original_startup = uvicorn_server.startup
+    if on_started is not None:
+        original_startup = uvicorn_server.startup
 
-    async def startup(sockets: Any = None) -> None:
-        await original_startup(sockets=sockets)
-        if not uvicorn_server.should_exit:
-            freezing = asyncio.get_running_loop().create_task(_freeze_when_loaded(server))
-            server.background_tasks.add(freezing)
-            freezing.add_done_callback(server.background_tasks.discard)
-            if on_started is not None:
+        async def startup(sockets: Any = None) -> None:
+            await original_startup(sockets=sockets)
+            if not uvicorn_server.should_exit:
                 on_started(url)
 
-    uvicorn_server.startup = startup
+        uvicorn_server.startup = startup
     uvicorn_server.run()
     requests = sum(
         sample.value

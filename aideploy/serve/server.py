@@ -148,8 +148,6 @@ class ModelServer:
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.stopping = False
         self._loading: asyncio.Task | None = None
-        #: Tasks that must stay referenced while they run (the event loop keeps only weak references).
-        self.background_tasks: set[asyncio.Task] = set()
 
     # --- life cycle -------------------------------------------------------------
 
