@@ -30,6 +30,12 @@ from aideploy.serve.server import ModelServer, ServerSettings
 
 logger = logging.getLogger("aideploy.serve")
 
+#: The uvicorn options of ``aideploy serve`` (the serving benchmark starts its other
+#: servers with them too). ``"auto"`` takes uvloop and httptools when installed (the
+#: ``serve`` extra installs them) over asyncio's loop and the pure-Python h11 parser.
+#: No access log: a log line per request costs more than a small model's inference.
+UVICORN_OPTIONS: dict[str, Any] = {"loop": "auto", "http": "auto", "log_level": "warning", "access_log": False}
+
 
 def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: ServerSettings | None = None) -> FastAPI:
     """The server's ASGI application.
@@ -148,8 +154,7 @@ def run(
         app,
         host=host,
         port=port,
-        log_level="warning",
-        access_log=False,
+        **UVICORN_OPTIONS,
         timeout_graceful_shutdown=graceful_timeout,
         lifespan="on",
     )

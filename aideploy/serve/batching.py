@@ -13,6 +13,16 @@ as a batch of its own.
 
 One thread a model also makes the predictor thread-safe: LiteRT's interpreter
 must never be called from two threads at once.
+
+A batch whose predictor call is known to be shorter than ``inline_below``
+(1 ms by default; the batcher keeps a running average of each call's cost per
+row, measured) runs on the event loop itself instead. Handing a call to a
+thread and back costs tens of microseconds, and under load far more: the
+thread must win the GIL back from a busy event loop, which may hold it for up
+to 5 ms (``sys.getswitchinterval()``) before it lets go. A call that short blocks
+the loop for less than the hop would; slower models and large batches still
+run in the thread, so the loop keeps answering while they compute. Calls never
+overlap either way: the batcher runs one batch at a time.
 """
 
 from __future__ import annotations
@@ -64,6 +74,8 @@ class Batcher:
         max_queue_delay: Seconds a batch waits for more requests after its first.
         on_batch: Called on the event loop after each batch with its :class:`BatchStats`.
         name: Used in the worker thread's name.
+        inline_below: Seconds: a batch whose estimated predictor call is shorter runs
+            on the event loop, not in the thread (0: always in the thread).
 
     Raises:
         ConfigError: A batch size below 1 or a negative delay.
@@ -77,12 +89,14 @@ class Batcher:
         max_queue_delay: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "model",
+        inline_below: float = 0.001,
     ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be a whole number of at least 1, got {max_batch_size!r}.")
         if not max_queue_delay >= 0:
             raise ConfigError(f"the queue delay must be 0 or more seconds, got {max_queue_delay!r}.")
         self.predict = predict
+        self.inline_below = float(inline_below)
         self.max_batch_size = max_batch_size
         self.max_queue_delay = float(max_queue_delay)
         self.on_batch = on_batch
@@ -92,6 +106,16 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._stopping = False
+
+    @property
+    def predict(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The function called on each batch; a new one has no known cost, so it starts in the thread."""
+        return self._predict_fn
+
+    @predict.setter
+    def predict(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._predict_fn = function
+        self._seconds_per_row: float | None = None
 
     @property
     def pending(self) -> int:
@@ -148,7 +172,10 @@ class Batcher:
             batch = await self._collect(loop)
             started = time.perf_counter()
             try:
-                outputs, compute_seconds = await loop.run_in_executor(self._executor, self._predict, batch)
+                if self._runs_inline(batch):
+                    outputs, compute_seconds = self._predict(batch)
+                else:
+                    outputs, compute_seconds = await loop.run_in_executor(self._executor, self._predict, batch)
             except Exception as error:  # every caller of the batch learns what went wrong
                 for item in batch:
                     if not item.future.done():
@@ -192,11 +219,21 @@ class Batcher:
                 break
         return batch
 
+    def _runs_inline(self, batch: list[_Pending]) -> bool:
+        per_row = self._seconds_per_row
+        if per_row is None:  # unknown cost: the thread, until a call was measured
+            return False
+        return per_row * sum(len(item.rows) for item in batch) < self.inline_below
+
     def _predict(self, batch: list[_Pending]) -> tuple[np.ndarray, float]:
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
         started = time.perf_counter()
         outputs = self.predict(rows)
         elapsed = time.perf_counter() - started
+        # A running average, so one slow call (a cold cache, a busy machine) moves it only a little.
+        per_row = elapsed / max(len(rows), 1)
+        previous = self._seconds_per_row
+        self._seconds_per_row = per_row if previous is None else 0.8 * previous + 0.2 * per_row
         if len(outputs) != len(rows):
             raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(rows)}.")
         return outputs, elapsed

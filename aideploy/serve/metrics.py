@@ -31,6 +31,8 @@ model is counted under model ``_unknown``, so clients cannot grow the label set.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -89,6 +91,7 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.inflight = Gauge(
             "aideploy_inflight_requests", "Inference requests being handled now.", registry=self.registry
         )
@@ -104,8 +107,15 @@ class ServerMetrics:
             seconds: How long it took.
         """
         outcome = "success" if status < 400 else ("client_error" if status < 500 else "server_error")
-        self.requests.labels(model, version, protocol, outcome).inc()
-        self.request_duration.labels(model, version, protocol).observe(seconds)
+        key = (model, version, protocol, outcome)
+        children = self._children.get(key)
+        if children is None:  # .labels() takes a lock and checks its labels: once per label set
+            children = self._children[key] = (
+                self.requests.labels(model, version, protocol, outcome),
+                self.request_duration.labels(model, version, protocol),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch_recorder(self, model: str, version: str):
         """A callback for :class:`~aideploy.serve.batching.Batcher` that records a model's batches."""

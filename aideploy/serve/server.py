@@ -58,6 +58,9 @@ class ServerSettings:
         max_body_bytes: Largest request body accepted (larger: HTTP 413).
         num_threads: Threads for one predictor call (default: the runtime's).
         runtime: ``"onnxruntime"`` (``model.onnx``) or ``"tflite"`` (``model.tflite``).
+        inline_below_ms: A batch whose predictor call is estimated shorter than this
+            runs on the event loop rather than in the model's thread, which costs more
+            than such a call (see :mod:`aideploy.serve.batching`); 0 always uses the thread.
     """
 
     max_batch_size: int | None = None
@@ -65,6 +68,7 @@ class ServerSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     num_threads: int | None = None
     runtime: str = "onnxruntime"
+    inline_below_ms: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
@@ -73,6 +77,8 @@ class ServerSettings:
             raise ConfigError(f"max_queue_delay_ms must be between 0 and 10000, got {self.max_queue_delay_ms!r}.")
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be a whole number of at least 1024, got {self.max_body_bytes!r}.")
+        if not (isinstance(self.inline_below_ms, (int, float)) and 0 <= self.inline_below_ms <= 1000):
+            raise ConfigError(f"inline_below_ms must be between 0 and 1000, got {self.inline_below_ms!r}.")
         if self.runtime not in SERVE_RUNTIMES:
             raise ConfigError(f"unknown serving runtime {self.runtime!r}: use one of {', '.join(SERVE_RUNTIMES)}.")
 
@@ -200,6 +206,7 @@ class ModelServer:
                     max_queue_delay=self.settings.max_queue_delay_ms / 1000,
                     on_batch=self.metrics.batch_recorder(name, str(number)),
                     name=f"{name}-{number}",
+                    inline_below=self.settings.inline_below_ms / 1000,
                 )
                 model.batcher.start()
                 model.state = "AVAILABLE"

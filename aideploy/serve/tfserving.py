@@ -54,6 +54,16 @@ def router(server: ModelServer) -> APIRouter:
     """
     routes = APIRouter()
 
+    # A plain Starlette route, as V2's infer: no FastAPI parameter injection per request.
+    async def predict(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        return await server.track(
+            PROTOCOL, name, version, lambda model: _predict(server, model, request), error_response
+        )
+
+    routes.add_route("/v1/models/{name}:predict", predict, methods=["POST"])
+    routes.add_route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"])
+
     @routes.get("/v1/models/{name}")
     async def status(name: str) -> Response:
         return _answer(lambda: _status(server, name, None))
@@ -69,16 +79,6 @@ def router(server: ModelServer) -> APIRouter:
     @routes.get("/v1/models/{name}/versions/{version}/metadata")
     async def version_metadata(name: str, version: str) -> Response:
         return _answer(lambda: _metadata(server.lookup(name, version)))
-
-    @routes.post("/v1/models/{name}:predict")
-    async def predict(name: str, request: Request) -> Response:
-        return await server.track(PROTOCOL, name, None, lambda model: _predict(server, model, request), error_response)
-
-    @routes.post("/v1/models/{name}/versions/{version}:predict")
-    async def version_predict(name: str, version: str, request: Request) -> Response:
-        return await server.track(
-            PROTOCOL, name, version, lambda model: _predict(server, model, request), error_response
-        )
 
     return routes
 
