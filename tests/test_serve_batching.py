@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -62,6 +63,33 @@ def test_batcher_gives_each_caller_its_rows_and_respects_the_batch_limit():
     # Only the 12-row request, larger than the limit on its own, forms a batch above 8.
     assert sorted(batches)[-1] == 12 and all(size <= 8 for size in sorted(batches)[:-1])
     assert len(batches) < 8  # requests were merged
+
+
+@pytest.mark.parametrize(("inline_below", "inline_after_first"), [(0.0, False), (3600.0, True)])
+def test_batcher_runs_a_measured_cheap_batch_on_the_event_loop_and_others_in_its_thread(
+    inline_below, inline_after_first
+):
+    # Where each call ran, not how long it took: the first call is never inline
+    # (its cost is unknown); later ones are inline only under a generous limit.
+    threads = []
+
+    def predict(x):
+        threads.append(threading.current_thread())
+        return x + 1
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch_size=4, name="plus-one", inline_below=inline_below)
+        batcher.start()
+        loop_thread = threading.current_thread()
+        for _ in range(3):
+            np.testing.assert_array_equal(await batcher.submit(np.zeros((1, 2), np.float32)), np.ones((1, 2)))
+        await batcher.stop()
+        return loop_thread
+
+    loop_thread = asyncio.run(scenario())
+    assert len(threads) == 3
+    assert threads[0] is not loop_thread
+    assert all((thread is loop_thread) == inline_after_first for thread in threads[1:])
 
 
 def test_batcher_error_reaches_every_caller_of_the_batch_and_the_next_batch_works():

@@ -24,9 +24,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aideploy.errors import AideployError, ModelInputError
+from aideploy.errors import ModelInputError
 from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, parse_json, read_body
-from aideploy.serve.v2 import error_response, json_response
+from aideploy.serve.v2 import answer, error_response, json_response
 
 PROTOCOL = "tfserving"
 SIGNATURE_NAME = "serving_default"
@@ -66,28 +66,21 @@ def router(server: ModelServer) -> APIRouter:
 
     @routes.get("/v1/models/{name}")
     async def status(name: str) -> Response:
-        return _answer(lambda: _status(server, name, None))
+        return answer(lambda: _status(server, name, None))
 
     @routes.get("/v1/models/{name}/versions/{version}")
     async def version_status(name: str, version: str) -> Response:
-        return _answer(lambda: _status(server, name, version))
+        return answer(lambda: _status(server, name, version))
 
     @routes.get("/v1/models/{name}/metadata")
     async def metadata(name: str) -> Response:
-        return _answer(lambda: _metadata(server.lookup(name)))
+        return answer(lambda: _metadata(server.lookup(name)))
 
     @routes.get("/v1/models/{name}/versions/{version}/metadata")
     async def version_metadata(name: str, version: str) -> Response:
-        return _answer(lambda: _metadata(server.lookup(name, version)))
+        return answer(lambda: _metadata(server.lookup(name, version)))
 
     return routes
-
-
-def _answer(build: Any) -> Response:
-    try:
-        return build()
-    except AideployError as error:
-        return error_response(error.http_status, str(error))
 
 
 def _status(server: ModelServer, name: str, version: str | None) -> Response:

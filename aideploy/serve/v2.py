@@ -88,24 +88,29 @@ def router(server: ModelServer) -> APIRouter:
 
     @routes.get("/v2/models/{name}")
     async def model_metadata(name: str) -> Response:
-        return _answer(lambda: _metadata(server, server.lookup(name)))
+        return answer(lambda: _metadata(server, server.lookup(name)))
 
     @routes.get("/v2/models/{name}/versions/{version}")
     async def version_metadata(name: str, version: str) -> Response:
-        return _answer(lambda: _metadata(server, server.lookup(name, version)))
+        return answer(lambda: _metadata(server, server.lookup(name, version)))
 
     @routes.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> Response:
-        return _answer(lambda: _ready(server, server.lookup(name)))
+        return answer(lambda: _ready(server, server.lookup(name)))
 
     @routes.get("/v2/models/{name}/versions/{version}/ready")
     async def version_ready(name: str, version: str) -> Response:
-        return _answer(lambda: _ready(server, server.lookup(name, version)))
+        return answer(lambda: _ready(server, server.lookup(name, version)))
 
     return routes
 
 
-def _answer(build: Any) -> Response:
+def answer(build: Any) -> Response:
+    """Call ``build()`` for a response; turn an expected error into its status and error body.
+
+    Both REST protocols answer errors as ``{"error": message}``, so the TensorFlow
+    Serving routes use this too.
+    """
     from aideploy.errors import AideployError
 
     try:
