@@ -533,7 +533,7 @@ def _load_source(model: Any) -> tuple[keras.Model, dict[str, Any]]:
     if isinstance(model, _Loaded):
         return model.model, model.source
     if isinstance(model, keras.Model):
-        return model, {"path": None, "sha256": None, "weights_sha256": _weights_sha256(model)}
+        return model, {"path": None, "sha256": None, "weights_sha256": weights_sha256(model)}
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError(f"expected a tf-keras model or the path of a .keras file, got {type(model).__name__}.")
     path = Path(model)
@@ -553,8 +553,12 @@ def _load_source(model: Any) -> tuple[keras.Model, dict[str, Any]]:
     return keras_model, {"path": str(path.resolve()), "sha256": artifacts.sha256_of(path)}
 
 
-def _weights_sha256(model: keras.Model) -> str:
-    """A fingerprint of an in-memory model: the SHA-256 of its weights' bytes."""
+def weights_sha256(model: keras.Model) -> str:
+    """A fingerprint of an in-memory model: the SHA-256 of its weights' bytes.
+
+    Manifests record it for a model that has no file. Introduced in
+    ``06_conversion.ipynb``.
+    """
     digest = hashlib.sha256()
     for weight in model.get_weights():
         digest.update(weight.tobytes())
@@ -587,7 +591,7 @@ def _save(
     versions: dict[str, str],
     extra: dict[str, Any] | None = None,
 ) -> Export:
-    source = source or {"path": None, "sha256": None, "weights_sha256": _weights_sha256(model)}
+    source = source or {"path": None, "sha256": None, "weights_sha256": weights_sha256(model)}
     artifact, manifest = artifacts.save_artifact(
         path,
         write,

@@ -57,7 +57,7 @@ def build_mlp(
             hidden = keras.layers.Dropout(dropout, name=f"dropout_{index}")(hidden)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(hidden)
     model = keras.Model(inputs, outputs, name="mlp")
-    return _compile(model, learning_rate)
+    return compile_model(model, learning_rate)
 
 
 def build_cnn(
@@ -99,7 +99,7 @@ def build_cnn(
     hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(hidden)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(hidden)
     model = keras.Model(inputs, outputs, name="cnn")
-    return _compile(model, learning_rate)
+    return compile_model(model, learning_rate)
 
 
 def build(kind: str, **hyperparameters: Any) -> keras.Model:
@@ -149,7 +149,12 @@ def _check_architecture(units: Sequence[int], dropout: float, learning_rate: flo
         )
 
 
-def _compile(model: keras.Model, learning_rate: float) -> keras.Model:
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Compile for training: Adam at ``learning_rate``, sparse cross-entropy, accuracy.
+
+    Every model aideploy trains or fine-tunes is compiled here. Introduced in
+    ``02_training.ipynb``.
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",

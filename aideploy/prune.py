@@ -23,7 +23,6 @@ with a manifest that records the method, its settings and the source model's SHA
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import tempfile
@@ -237,7 +236,7 @@ def prune(model: keras.Model, splits: data.Splits, settings: PruneSettings = Pru
         wrapped = sparsity.prune_low_magnitude(_copy(model), pruning_schedule=schedule)
         method = "prune"
     result = _fine_tune(wrapped, splits, settings, [sparsity.UpdatePruningStep()])
-    stripped = _recompile(sparsity.strip_pruning(wrapped), settings.learning_rate)
+    stripped = models.compile_model(sparsity.strip_pruning(wrapped), settings.learning_rate)
     recorded = asdict(settings)
     recorded.update(frequency=frequency, end_step=end_step if settings.schedule == "polynomial" else None)
     if settings.structure is not None:
@@ -279,7 +278,7 @@ def cluster(model: keras.Model, splits: data.Splits, settings: ClusterSettings =
         _copy(model), number_of_clusters=int(settings.num_clusters), cluster_centroids_init=init
     )
     result = _fine_tune(wrapped, splits, settings, [])
-    stripped = _recompile(clustering.strip_clustering(wrapped), settings.learning_rate)
+    stripped = models.compile_model(clustering.strip_clustering(wrapped), settings.learning_rate)
     return OptimizeResult(stripped, "cluster", asdict(settings), result.history, result.seconds)
 
 
@@ -439,10 +438,9 @@ def load_source(model: keras.Model | str | os.PathLike) -> tuple[keras.Model, di
         ConfigError: ``model`` is neither a model nor a path.
     """
     if isinstance(model, keras.Model):
-        digest = hashlib.sha256()
-        for weight in model.get_weights():
-            digest.update(weight.tobytes())
-        return model, {"path": None, "sha256": None, "weights_sha256": digest.hexdigest()}
+        from aideploy import convert
+
+        return model, {"path": None, "sha256": None, "weights_sha256": convert.weights_sha256(model)}
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError(f"expected a tf-keras model or the path of a .keras file, got {type(model).__name__}.")
     path = Path(model)
@@ -569,17 +567,9 @@ def _copy(model: keras.Model) -> keras.Model:
     return copy
 
 
-def _recompile(model: keras.Model, learning_rate: float) -> keras.Model:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
-
 
 def _fine_tune(wrapped: keras.Model, splits: data.Splits, settings: Any, callbacks: list[Any]) -> train.TrainResult:
-    _recompile(wrapped, settings.learning_rate)
+    models.compile_model(wrapped, settings.learning_rate)
     training = train.TrainSettings(
         num_epochs=settings.num_epochs, batch_size=settings.batch_size, seed=settings.seed, verbose=0
     )

@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -294,15 +293,6 @@ CONTENDERS = (  # (row label, server kind, request)
 )
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def settings_line(generator: str, threads: int, seconds: float) -> str:
     import uvicorn
@@ -320,6 +310,8 @@ def settings_line(generator: str, threads: int, seconds: float) -> str:
 
     loop = chosen("asyncio", ("uvloop",)) if UVICORN_OPTIONS["loop"] == "auto" else UVICORN_OPTIONS["loop"]
     http = chosen("h11", ("httptools",)) if UVICORN_OPTIONS["http"] == "auto" else UVICORN_OPTIONS["http"]
+    from aideploy.bench import cpu_model
+
     return (f"CPU: {cpu_model()} ({os.cpu_count()} logical cores) | uvicorn {uvicorn.__version__}, one worker, "
             f"loop={loop}, http={http}, access log off | ONNX Runtime intra-op threads={threads} | "
             f"load: {generator}, {seconds:g} s a point after a 1 s warm-up, batch-1 requests")
