@@ -46,8 +46,13 @@ cleanup() {
 trap cleanup EXIT
 
 echo "ops: installing Debian's prometheus package for tests/test_ops.py"
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+# A failed install (no network, a held lock) must not stop the suite: say so and
+# let those tests skip.
+if ! { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+       $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
+    echo "ops: installing prometheus failed; $hint"
+    exit 0
+fi
 
 # An existing policy-rc.d may allow starts: then stop and disable the service.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
