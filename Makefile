@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.aideploy-installed
 DEMO_OUT ?= artifacts/demo
 
-.PHONY: help venv demo test test-fast lint docs notebooks clean
+.PHONY: help venv demo test test-fast tools lint docs notebooks clean
 
 help:
 	@echo "make demo      set up .venv and run the pipeline: train, export, benchmark"
@@ -35,7 +35,13 @@ demo: $(STAMP)
 	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to saved_model --out $(DEMO_OUT)
 	$(BIN)/aideploy bench $(DEMO_OUT)/mlp.keras $(DEMO_OUT)/mlp.onnx $(DEMO_OUT)/mlp.tflite --out $(DEMO_OUT)/bench
 
-test: $(STAMP)
+# Debian's prometheus package (promtool and a server) for tests/test_ops.py: installed
+# when missing and we may (root or password-less sudo); otherwise one line says how,
+# and those tests skip.
+tools:
+	sh ops/install-tools.sh
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
