@@ -20,27 +20,27 @@ Two steps, each a thin layer over the helpers of :mod:`aideploy.prune`,
 
 The variants (file names for a source ``mlp.keras``):
 
-=========================  ==========================================================
-``mlp.fp32.keras``         the baseline: the source's weights, no optimizer state
-``mlp.onnx``               ONNX float32 (tf2onnx)
-``mlp.tflite``             TFLite float32
-``mlp.dynamic.tflite``     TFLite dynamic range (int8 weights, float activations)
-``mlp.float16.tflite``     TFLite float16 weights
-``mlp.int8.tflite``        TFLite full integer (int8 weights and activations)
-``mlp.int16x8.tflite``     TFLite int16 activations, int8 weights
-``mlp.ort-dynamic.onnx``   ONNX Runtime dynamic quantization
-``mlp.ort-static.onnx``    ONNX Runtime static int8 (QDQ, MinMax calibration)
-``mlp.prune80.tflite``     magnitude-pruned to 80% (one file a sparsity), float32
-``mlp.prune24.tflite``     2:4 structured sparsity, float32
-``mlp.cluster16.tflite``   16 clusters a kernel, float32
-``mlp.prune80-int8.tflite`` the 80% pruned model after pruning-preserving QAT, int8
-``mlp.qat.tflite``         quantization-aware training, TFLite int8
-``mlp.qat.onnx``           the same QAT model as an ONNX QDQ graph
-=========================  ==========================================================
+=============================  ==========================================================
+``mlp.fp32.keras``             the baseline: the source's weights, no optimizer state
+``mlp.onnx``                   ONNX float32 (tf2onnx)
+``mlp.tflite``                 TFLite float32
+``mlp.dynamic.tflite``         TFLite dynamic range (int8 weights, float activations)
+``mlp.float16.tflite``         TFLite float16 weights
+``mlp.int8.tflite``            TFLite full integer (int8 weights and activations)
+``mlp.int16x8.tflite``         TFLite int16 activations, int8 weights
+``mlp.ort-dynamic.onnx``       ONNX Runtime dynamic quantization
+``mlp.ort-static.onnx``        ONNX Runtime static int8 (QDQ, MinMax calibration)
+``mlp.prune80.tflite``         magnitude-pruned to 80% (one file a sparsity), float32
+``mlp.prune24.tflite``         2:4 structured sparsity, float32
+``mlp.cluster16.tflite``       16 clusters a kernel, float32
+``mlp.prune80-int8.tflite``    the 80% pruned model after pruning-preserving QAT, int8
+``mlp.qat.tflite``             quantization-aware training, TFLite int8
+``mlp.qat.onnx``               the same QAT model as an ONNX QDQ graph
+=============================  ==========================================================
 
-Pruned variants fine-tune for :data:`PRUNE_EPOCHS` epochs (one in fast mode), the
-others for two (QAT, pruning-preserving QAT, clustering one). Pruned and
-clustered models are compared as float32 TFLite files: the
+Pruned variants fine-tune for :data:`PRUNE_EPOCHS` epochs, QAT and
+pruning-preserving QAT for two, clustering for one (one each in fast mode).
+Pruned and clustered models are compared as float32 TFLite files: the
 ``.keras`` files they are saved as (beside them, for provenance) carry a zip
 container and the model's configuration, which would blur what the weights
 alone compress to.
