@@ -401,10 +401,6 @@ class Comparison:
         Returns:
             The matplotlib figure.
         """
-        import matplotlib
-
-        if isinstance(target, (str, os.PathLike)):
-            matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         if target is None or isinstance(target, (str, os.PathLike)):
