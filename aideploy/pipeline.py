@@ -99,15 +99,15 @@ class PipelineSettings:
         Raises:
             ConfigError: An unknown model kind or an invalid setting.
         """
-        if config.fast_mode():
-            base: dict[str, Any] = dict(
-                tuning_trials=2, tuning_epochs=1, retrain_epochs=2, sparsities=(0.8,), prune_epochs=1,
-                quantization_methods=("dynamic", "int8"), pruned_int8=False, benchmark_batch_sizes=(1, 256),
-                fast=True,
-            )  # fmt: skip
-        else:
-            base = {}
+        base = FAST_SETTINGS if config.fast_mode() else {}
         return cls(kind=kind, seed=config.resolve_seed(seed), **{**base, **overrides})
+
+
+#: What fast mode changes in :class:`PipelineSettings`: a run of about half a minute.
+FAST_SETTINGS: dict[str, Any] = dict(
+    tuning_trials=2, tuning_epochs=1, retrain_epochs=2, sparsities=(0.8,), prune_epochs=1,
+    quantization_methods=("dynamic", "int8"), pruned_int8=False, benchmark_batch_sizes=(1, 256), fast=True,
+)  # fmt: skip
 
 
 @dataclass
@@ -187,8 +187,12 @@ def _record(out_dir: Path, stage: str, settings: Mapping[str, Any], inputs: Mapp
 class _Context:
     """State shared by the stages of one run: folders, settings, lazily loaded data."""
 
-    def __init__(self, out_dir: Path, settings: PipelineSettings, say: Callable[[str], None]) -> None:
+    def __init__(self, out_dir: Path, settings: PipelineSettings, say: Callable[[str], None],
+                 display_dir: Path | None = None) -> None:  # fmt: skip
         self.out_dir = out_dir
+        # The folder as the user named it: what the report, the summary and the
+        # commands they print show (no absolute path of the machine that ran it).
+        self.display_dir = display_dir or out_dir
         self.settings = settings
         self.say = say
         self.records: dict[str, dict[str, Any]] = {}
@@ -356,7 +360,8 @@ def _stage_publishing(ctx: _Context) -> tuple[dict[str, Path], dict[str, Any]]:
 def _stage_report(ctx: _Context) -> tuple[dict[str, Path], dict[str, Any]]:
     from aideploy import report as report_module
 
-    paths = report_module.write_report(ctx.out_dir, ctx.records, ctx.settings, reproduce=reproduce_command(ctx))
+    paths = report_module.write_report(ctx.out_dir, ctx.records, ctx.settings, reproduce=reproduce_command(ctx),
+                                       display_dir=ctx.display_dir)  # fmt: skip
     return paths, {"files": sorted(paths)}
 
 
@@ -414,7 +419,7 @@ def reproduce_command(ctx: _Context | None = None, *, kind: str = "mlp", fast: b
     Introduced in ``00_overview.ipynb``; the report quotes it.
     """
     if ctx is not None:
-        kind, fast, out_dir, seed = ctx.settings.kind, ctx.settings.fast, ctx.out_dir, ctx.settings.seed
+        kind, fast, out_dir, seed = ctx.settings.kind, ctx.settings.fast, ctx.display_dir, ctx.settings.seed
     parts = [f"AIDEPLOY_SEED={seed}"] if seed is not None else []
     parts += ["aideploy", "pipeline", *(["--fast"] if fast else []), "--model", kind]
     parts += ["--out", shlex.quote(str(out_dir))]
@@ -449,10 +454,11 @@ def run(
         DataError: The data files are missing or corrupted.
     """
     started = time.perf_counter()
+    display_dir = Path(out_dir).expanduser()
     out_dir = artifacts.writable_dir(out_dir, option="--out").resolve()
     settings = settings or PipelineSettings.for_mode()
     say = progress or (lambda line: None)
-    ctx = _Context(out_dir, settings, say)
+    ctx = _Context(out_dir, settings, say, display_dir)
     data_hashes = _data_inputs()
     stages: dict[str, dict[str, Any]] = {}
     for number, stage in enumerate(STAGES, start=1):
@@ -475,7 +481,7 @@ def run(
         stages[stage] = {"status": "ran", "seconds": round(seconds, 2)}
         say(f"{label} done in {seconds:.1f} s")
     total = time.perf_counter() - started
-    summary = headline(ctx.records, out_dir)
+    summary = headline(ctx.records, display_dir)
     summary["stages"] = {name: entry["status"] for name, entry in stages.items()}
     summary["seconds"] = round(total, 2)
     summary["fast_mode"] = settings.fast
@@ -489,7 +495,7 @@ def headline(records: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLik
 
     Args:
         records: The stage manifests of a finished run, by stage.
-        out_dir: The run's folder.
+        out_dir: The run's folder, as the paths in the result should show it.
 
     Returns:
         ``report``, ``report_html``, ``repository``, ``serve_command``, ``model``,

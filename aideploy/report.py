@@ -254,7 +254,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def report_blocks(
-    out_dir: Path, records: Mapping[str, Mapping[str, Any]], settings: Any, reproduce: str, *, finished: str
+    out_dir: Path, records: Mapping[str, Mapping[str, Any]], settings: Any, reproduce: str, *, finished: str,
+    display_dir: Path | None = None,
 ) -> list[tuple]:
     """The report's content as blocks, rendered by :func:`to_markdown` and :func:`to_html`.
 
@@ -267,7 +268,7 @@ def report_blocks(
     training, tuning = records["training"]["result"], records["tuning"]["result"]
     published = records["publishing"]["result"]
     mode = "fast" if settings.fast else "full"
-    repository = out_dir / "repository"
+    repository = (display_dir or out_dir) / "repository"
     blocks: list[tuple] = [
         ("h1", f"aideploy pipeline report: {settings.kind.upper()} ({mode} mode)"),
         ("p", f"Finished {finished}. CPU: {evaluation['cpu']}. "
@@ -382,7 +383,7 @@ def to_html(blocks: Sequence[tuple]) -> str:
 
 
 def write_report(out_dir: str | os.PathLike, records: Mapping[str, Mapping[str, Any]], settings: Any,
-                 *, reproduce: str) -> dict[str, Path]:  # fmt: skip
+                 *, reproduce: str, display_dir: str | os.PathLike | None = None) -> dict[str, Path]:  # fmt: skip
     """Write ``report.md`` and ``report.html`` (and ``summary.json``) into ``out_dir``.
 
     Introduced in ``00_overview.ipynb``.
@@ -392,6 +393,7 @@ def write_report(out_dir: str | os.PathLike, records: Mapping[str, Mapping[str, 
         records: The stage manifests, by stage.
         settings: The :class:`aideploy.pipeline.PipelineSettings` of the run.
         reproduce: The command that reruns the pipeline.
+        display_dir: ``out_dir`` as the report should name it (default: ``out_dir``).
 
     Returns:
         ``{"markdown", "html", "summary"}`` paths.
@@ -401,10 +403,19 @@ def write_report(out_dir: str | os.PathLike, records: Mapping[str, Mapping[str, 
     from aideploy import pipeline
 
     out_dir = Path(out_dir)
+    display_dir = Path(display_dir) if display_dir is not None else out_dir
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    blocks = report_blocks(out_dir, records, settings, reproduce, finished=stamp)
-    summary = {**pipeline.headline(records, out_dir), "reproduce": reproduce,
-               "versions": library_versions(), "rows": records["evaluation"]["result"]["rows"]}  # fmt: skip
+    blocks = report_blocks(out_dir, records, settings, reproduce, finished=stamp, display_dir=display_dir)
+    summary = {
+        **pipeline.headline(records, display_dir),
+        "reproduce": reproduce,
+        "fast_mode": settings.fast,
+        "stage_seconds": {name: record["seconds"] for name, record in records.items()},
+        "tuning": records["tuning"]["result"],
+        "versions": library_versions(),
+        "rows": records["evaluation"]["result"]["rows"],
+        "parity": {key: value for key, value in records["evaluation"]["result"]["parity"].items() if key != "rows"},
+    }
     return {
         "markdown": artifacts.write_bytes(out_dir / "report.md", to_markdown(blocks, out_dir).encode("utf-8")),
         "html": artifacts.write_bytes(out_dir / "report.html", to_html(blocks).encode("utf-8")),
