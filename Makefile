@@ -39,7 +39,7 @@ demo: $(STAMP)
 		--model mlp --out $(DEMO_OUT) | tee $(DEMO_OUT)/pipeline.log | grep -v '^{'
 	@echo
 	@echo "Serve the model (Ctrl-C stops it):  $(BIN)/aideploy serve $(DEMO_OUT)/repository"
-	@echo "Ask it for a prediction:           see README.md, 'Serving'"
+	@echo "Ask it for a prediction:            see README.md, 'Serving'"
 	@echo "Open the notebooks:                 $(BIN)/jupyter lab notebooks/"
 
 demo-full:

@@ -106,3 +106,19 @@ def test_readme_runnable_snippets_run(repo_root, tmp_path, tmp_path_factory):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"{language} snippet failed:\n{code}\n{result.stderr[-3000:]}"
         assert result.stdout.strip(), f"{language} snippet printed nothing:\n{code}"
+
+
+def test_readme_results_are_the_committed_full_run(repo_root):
+    """The README's results table holds the figures of the committed full pipeline run."""
+    summary = json.loads((repo_root / "benchmarks/pipeline-full/summary.json").read_text())
+    assert summary["fast_mode"] is False
+    results = (repo_root / "README.md").read_text().split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[0]: cells for cells in (
+        [cell.strip() for cell in line.strip("|").split("|")] for line in results.splitlines() if line.startswith("| ")
+    )}  # fmt: skip
+    for row in summary["rows"]:
+        cells = rows[row["variant"]]
+        assert float(cells[1]) == pytest.approx(row["test_accuracy"], abs=5e-5)
+        assert float(cells[2]) == pytest.approx(row["accuracy_change_pp"], abs=0.0051)
+        assert float(cells[4].rstrip("x")) == pytest.approx(row["gzip_ratio"], abs=0.0051)
+    assert f"{summary['tuned_test_accuracy']:.4f}" in results
