@@ -26,8 +26,10 @@ returns probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +227,7 @@ def quantization_aware(
         else:
             qat_model = quantization.quantize_model(source)
     except (ValueError, RuntimeError) as error:
-        raise ConfigError(f"tfmot cannot make model {model.name!r} quantization-aware: {error}") from None
+        raise ConfigError(_unsupported_message(model, error)) from None
     qat_model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -233,6 +235,31 @@ def quantization_aware(
     )
     settings = train.TrainSettings(num_epochs=num_epochs, batch_size=batch_size, seed=seed, verbose=0)
     return train.fit(qat_model, splits, settings)
+
+
+def _unsupported_message(model: keras.Model, error: Exception) -> str:
+    """Why tfmot cannot make ``model`` quantization-aware, naming the layers it cannot quantize."""
+    import tensorflow_model_optimization as tfmot
+
+    registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
+    unsupported = [
+        layer for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer) and not registry.supports(layer)
+    ]  # fmt: skip
+    if not unsupported:
+        return f"tfmot cannot make model {model.name!r} quantization-aware: {error}"
+    named = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unsupported)
+    reason = (
+        "a Lambda layer's Python function cannot be cloned into the quantization-aware copy"
+        if any(type(layer).__name__ == "Lambda" for layer in unsupported)
+        else "tfmot's default 8-bit scheme has no quantized version of it"
+    )
+    return (
+        f"tfmot cannot make model {model.name!r} quantization-aware: layer(s) {named} cannot be quantized "
+        f"({reason}). Replace the layer with a supported one (Dense, Conv2D, pooling, ReLU...), give it a "
+        "QuantizeConfig with tfmot.quantization.keras.quantize_annotate_layer, or use post-training "
+        "quantization (method 'int8' or 'ort-static'), which needs no training."
+    )
 
 
 class ImageCalibrationReader:
@@ -418,13 +445,60 @@ def quantize(
         )
     keras_model, source = prune.load_source(model)
     splits = splits or data.load_splits(prune.model_kind(keras_model))
+    models.check_input(keras_model, splits.x_train[:1])  # data of another model kind: say so before writing
     calibration = calibration_images(splits.x_train, calibration_size)
     stem = name or (Path(source["path"]).stem if source["path"] else keras_model.name)
     out_dir = config.resolve_out_dir(out_dir, "quantized")
     result: dict[str, Any] = {"method": method}
+    written: list[Path] = []
+    with _removed_on_error(written):
+        _quantize_into(result, written, keras_model, method, splits, calibration, out_dir, stem, source,
+                       io_dtype=io_dtype, per_channel=per_channel, calibration_method=calibration_method,
+                       num_epochs=num_epochs)  # fmt: skip
+    result["manifest_path"] = artifacts.manifest_path(result["path"])
+    result["test_accuracy"] = evaluate_file(result["path"], splits.x_test, splits.y_test)
+    result.update(prune.file_sizes(result["path"]))
+    return {key: str(value) if isinstance(value, Path) else value for key, value in result.items()}
+
+
+@contextlib.contextmanager
+def _removed_on_error(written: list[Path]) -> Iterator[None]:
+    """Remove the files (and manifests) listed in ``written`` if the block fails.
+
+    A method that writes several files (the float ONNX export before ONNX Runtime
+    quantizes it; QAT's HDF5, ONNX and TFLite files) must not leave the first
+    ones behind when a later step fails: a failed command writes nothing.
+    """
+    try:
+        yield
+    except BaseException:
+        for path in written:
+            for leftover in (path, artifacts.manifest_path(path)):
+                if leftover.is_file():
+                    leftover.unlink()
+        raise
+
+
+def _quantize_into(
+    result: dict[str, Any],
+    written: list[Path],
+    keras_model: keras.Model,
+    method: str,
+    splits: data.Splits,
+    calibration: np.ndarray,
+    out_dir: Path,
+    stem: str,
+    source: dict[str, Any],
+    *,
+    io_dtype: str,
+    per_channel: bool,
+    calibration_method: str,
+    num_epochs: int | None,
+) -> None:
+    """The writing part of :func:`quantize`: fills ``result`` and lists each file in ``written`` as it appears."""
     if method in TFLITE_METHODS:
         suffix = f"{method}-{io_dtype}" if io_dtype != "float32" else method
-        result["path"] = to_tflite(keras_model, out_dir / f"{stem}.{suffix}.tflite", method,
+        result["path"] = to_tflite(keras_model, _new(written, out_dir / f"{stem}.{suffix}.tflite"), method,
                                    calibration=calibration, io_dtype=io_dtype, source=source).path  # fmt: skip
     elif method == "qat":
         epochs = num_epochs or config.fast_or_full(1, 3)
@@ -433,28 +507,32 @@ def quantize(
             # tf-keras cannot reload a quantization-aware model from the .keras
             # format (its QuantizeLayer comes back with 3 of its 5 variables);
             # HDF5 round-trips it exactly.
-            out_dir / f"{stem}.qat.h5",
+            _new(written, out_dir / f"{stem}.qat.h5"),
             lambda temporary: _save_h5(trained.model, temporary),
             kind="keras-model",
             produced_by="aideploy.quantize.quantization_aware",
             inputs={"source_model": source},
             params={"method": "qat", "settings": {"num_epochs": epochs, "learning_rate": 1e-4}},
         )
-        result["onnx_path"] = convert.to_onnx(trained.model, out_dir / f"{stem}.qat.onnx", source=source).path
+        result["onnx_path"] = convert.to_onnx(trained.model, _new(written, out_dir / f"{stem}.qat.onnx"),
+                                              source=source).path  # fmt: skip
         result["path"] = convert.to_tflite(
-            trained.model, out_dir / f"{stem}.qat.tflite", source=source, optimizations=("DEFAULT",),
+            trained.model, _new(written, out_dir / f"{stem}.qat.tflite"), source=source, optimizations=("DEFAULT",),
             extra_params={"quantization": {"method": "qat", "num_epochs": epochs, "calibration_size": 0}},
         ).path  # fmt: skip
     else:
-        float_onnx = convert.to_onnx(keras_model, out_dir / f"{stem}.onnx", source=source).path
+        float_onnx = convert.to_onnx(keras_model, _new(written, out_dir / f"{stem}.onnx"), source=source).path
         result["float_onnx_path"] = float_onnx
-        result["path"], _ = ort_quantize(float_onnx, out_dir / f"{stem}.{method}.onnx", method,
+        result["path"], _ = ort_quantize(float_onnx, _new(written, out_dir / f"{stem}.{method}.onnx"), method,
                                          calibration=calibration, per_channel=per_channel,
                                          calibration_method=calibration_method, source=source)  # fmt: skip
-    result["manifest_path"] = artifacts.manifest_path(result["path"])
-    result["test_accuracy"] = evaluate_file(result["path"], splits.x_test, splits.y_test)
-    result.update(prune.file_sizes(result["path"]))
-    return {key: str(value) if isinstance(value, Path) else value for key, value in result.items()}
+
+
+def _new(written: list[Path], path: Path) -> Path:
+    """``path``, listed in ``written`` when no file is there yet (a file that was there is not ours to remove)."""
+    if not path.exists():
+        written.append(path)
+    return path
 
 
 def _save_h5(model: keras.Model, path: Path) -> None:

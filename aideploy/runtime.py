@@ -8,9 +8,9 @@ setting); :func:`load` picks the predictor from the path. The ONNX Runtime and
 LiteRT predictors never import TensorFlow, so the serving path stays light;
 the tf-keras and SavedModel predictors import it lazily.
 
-On top of the predictors, :func:`parity_report` compares every runtime's outputs
-with the tf-keras model's on a whole test set; :mod:`aideploy.bench` measures
-their speed.
+On top of the predictors, :func:`aideploy.parity.parity_report` compares every
+runtime's outputs with the tf-keras model's on a whole test set (still importable
+from here as ``runtime.parity_report``); :mod:`aideploy.bench` measures their speed.
 """
 
 from __future__ import annotations
@@ -510,131 +510,6 @@ def choose_providers(available: Sequence[str] | None = None) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-# --- parity -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParityRow:
-    """How one runtime's outputs compare with the reference's on the same inputs."""
-
-    runtime: str
-    path: str | None
-    max_abs_diff: float
-    top1_agreement: float
-    accuracy: float
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """Outputs of several runtimes against the tf-keras reference on one test set.
-
-    Attributes:
-        reference_accuracy: Accuracy of the reference (tf-keras) model.
-        rows: One :class:`ParityRow` a runtime.
-        num_examples: Size of the test set.
-    """
-
-    reference_accuracy: float
-    rows: list[ParityRow]
-    num_examples: int
-
-    def passed(self, *, max_abs_diff: float = 1e-4, min_top1_agreement: float = 0.999) -> bool:
-        """Whether every runtime is within the tolerances.
-
-        Args:
-            max_abs_diff: Largest allowed absolute difference of any output.
-            min_top1_agreement: Smallest allowed share of identical top-1 classes.
-        """
-        return all(
-            row.max_abs_diff <= max_abs_diff and row.top1_agreement >= min_top1_agreement for row in self.rows
-        )
-
-    def table(self) -> str:
-        """The report as a fixed-width text table."""
-        lines = [
-            f"{'runtime':<12}  {'max |diff|':>10}  {'top-1 agree':>11}  {'accuracy':>8}  file",
-            f"{'keras (ref)':<12}  {'-':>10}  {'-':>11}  {self.reference_accuracy:8.4f}",
-        ]
-        for row in self.rows:
-            name = Path(row.path).name if row.path else ""
-            lines.append(
-                f"{row.runtime:<12}  {row.max_abs_diff:10.2e}  {row.top1_agreement:11.4%}  "
-                f"{row.accuracy:8.4f}  {name}"
-            )
-        lines.append(f"({self.num_examples} test images)")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        return {
-            "reference_accuracy": self.reference_accuracy,
-            "num_examples": self.num_examples,
-            "rows": [asdict(row) for row in self.rows],
-        }
-
-
-def parity_report(
-    reference: Any,
-    candidates: Sequence[Any],
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    batch_size: int = 1000,
-) -> ParityReport:
-    """Compare every runtime's outputs with the tf-keras model's on a whole test set.
-
-    The reference output is ``model.predict`` of the tf-keras model; each
-    candidate runs batches of ``batch_size`` through its predictor. Introduced
-    in ``06_conversion.ipynb``.
-
-    Args:
-        reference: The tf-keras model (or a path to it, or its predictor).
-        candidates: Predictors, or paths :func:`load` accepts.
-        x: Test inputs, e.g. ``splits.x_test``.
-        y: True labels (class indices).
-        batch_size: Examples a call (bounds memory for the CNN).
-
-    Returns:
-        The :class:`ParityReport`.
-
-    Raises:
-        ModelInputError: ``x`` does not fit a model, or ``x`` and ``y`` differ in length.
-    """
-    if len(x) != len(y) or len(x) == 0:
-        raise ModelInputError(f"need as many labels as inputs (and at least one): got {len(x)} and {len(y)}.")
-    y = np.asarray(y).ravel()
-    reference_predictor = load(reference)
-    if isinstance(reference_predictor, KerasPredictor):
-        reference_predictor._check(x[:1])
-        expected = reference_predictor.model.predict(x, batch_size=batch_size, verbose=0)
-    else:
-        expected = _predict_in_batches(reference_predictor, x, batch_size)
-    reference_top1 = expected.argmax(axis=1)
-    rows = []
-    for candidate in candidates:
-        predictor = load(candidate)
-        output = _predict_in_batches(predictor, x, batch_size)
-        top1 = output.argmax(axis=1)
-        rows.append(
-            ParityRow(
-                runtime=predictor.runtime,
-                path=str(predictor.path) if predictor.path else None,
-                max_abs_diff=float(np.max(np.abs(output.astype(np.float64) - expected))),
-                top1_agreement=float(np.mean(top1 == reference_top1)),
-                accuracy=float(np.mean(top1 == y)),
-            )
-        )
-    return ParityReport(
-        reference_accuracy=float(np.mean(reference_top1 == y)), rows=rows, num_examples=len(x)
-    )
-
-
-def _predict_in_batches(predictor: Predictor, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [predictor.predict(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
-    )
-
-
 # --- helpers ----------------------------------------------------------------------
 
 
@@ -698,3 +573,13 @@ def _tflite_info(name: str, detail: Mapping[str, Any]) -> TensorInfo:
     if np.issubdtype(dtype, np.integer) and scale:
         return TensorInfo(name, shape, "float32", dtype.name, float(scale), int(zero_point))
     return TensorInfo(name, shape, dtype.name)
+
+
+def __getattr__(name: str) -> Any:
+    # The parity code moved to aideploy.parity; notebooks and scripts that call
+    # runtime.parity_report keep working. Imported lazily: parity imports this module.
+    if name in ("ParityReport", "ParityRow", "Tolerance", "parity_report"):
+        from aideploy import parity
+
+        return getattr(parity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
