@@ -55,26 +55,6 @@ def library_versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
     return versions
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats: lower cost (x) and higher accuracy (y).
-
-    Introduced in ``00_overview.ipynb``.
-
-    Args:
-        points: ``(cost, accuracy)`` pairs.
-
-    Returns:
-        The indices on the front, by increasing cost.
-    """
-    order = sorted(range(len(points)), key=lambda index: (points[index][0], -points[index][1]))
-    front, best = [], float("-inf")
-    for index in order:
-        if points[index][1] > best:
-            front.append(index)
-            best = points[index][1]
-    return front
-
-
 def compare_variants(
     variants: Mapping[str, str | os.PathLike],
     source: str | os.PathLike,
@@ -104,13 +84,13 @@ def compare_variants(
     Raises:
         ConfigError: No ``"fp32 ONNX"`` variant.
     """
-    from aideploy import bench, bench_worker, prune, quantize, runtime
+    from aideploy import bench, bench_worker, parity, prune, quantize, runtime
     from aideploy.errors import ConfigError
 
     if BASELINE not in variants:
         raise ConfigError(f"the variants need a {BASELINE!r} baseline to compare against.")
     paths = {name: Path(path) for name, path in variants.items()}
-    parity = runtime.parity_report(
+    checked = parity.parity_report(
         source, [paths[BASELINE], paths["fp32 TFLite"]] if "fp32 TFLite" in paths else [paths[BASELINE]],
         splits.x_test, splits.y_test,
     )  # fmt: skip
@@ -144,10 +124,10 @@ def compare_variants(
     return {
         "rows": [{column: row.get(column) for column in COLUMNS} for row in rows],
         "parity": {
-            **parity.to_dict(),
-            "max_abs_diff": max(row.max_abs_diff for row in parity.rows),
-            "min_top1_agreement": min(row.top1_agreement for row in parity.rows),
-            "passed": parity.passed(),
+            **checked.to_dict(),
+            "max_abs_diff": max(row.max_abs_diff for row in checked.rows),
+            "min_top1_agreement": min(row.top1_agreement for row in checked.rows),
+            "passed": checked.passed(),
         },
         "benchmark": measured.to_dict(),
         "throughput_batch_size": largest,
@@ -215,6 +195,8 @@ def plot_tradeoffs(rows: Sequence[Mapping[str, Any]]) -> Any:
     """
     import matplotlib.pyplot as plt
 
+    from aideploy import compress
+
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     panels = ((axes[0], "gzip_bytes", "gzip size (KiB)"), (axes[1], "p50_us", "batch-1 latency p50 (µs)"))
     for axis, key, label in panels:
@@ -224,7 +206,7 @@ def plot_tradeoffs(rows: Sequence[Mapping[str, Any]]) -> Any:
         axis.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
         for row, (x, y) in zip(usable, points):
             axis.annotate(row["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        front = pareto_front(points)
+        front = compress.pareto_front(points)
         axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:orange",
                   label="Pareto front", zorder=2)  # fmt: skip
         axis.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")

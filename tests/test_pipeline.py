@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _pipeline_run import fast_run_twice, run_cli
 
-from aideploy import cli, pipeline, report
+from aideploy import cli, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +117,6 @@ def test_unwritable_out_is_one_paragraph_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot write to" in err and "--out" in err
     assert not (blocker.parent / "run").exists()
-
-
-def test_pareto_front_keeps_the_points_nothing_beats():
-    points = [(10.0, 0.90), (5.0, 0.85), (5.0, 0.80), (20.0, 0.89), (2.0, 0.70), (30.0, 0.91)]
-    assert report.pareto_front(points) == [4, 1, 0, 5]
-    assert report.pareto_front([]) == []
 
 
 def test_reproduce_command_names_mode_model_and_folder():
