@@ -14,6 +14,15 @@ what changed. A run that was interrupted therefore resumes where it stopped.
 
 TensorFlow is imported only by stages that run: a run that finds everything up
 to date finishes in about a second.
+
+The pruning, quantization and conversion stages call the same helpers as
+:func:`aideploy.compress.build_variants` (``prune.prune_and_save``,
+``quantize.quantize``, ``convert.export``) but build a chosen subset of its
+variants, so that fast mode stays within about half a minute; the pruned + int8
+variant here is post-training int8 of the pruned model. The evaluation stage
+measures latency with :func:`aideploy.bench.benchmark`, each runtime in a process
+of its own, because the pipeline's process has TensorFlow loaded, which slows
+ONNX Runtime calls made beside it.
 """
 
 from __future__ import annotations
