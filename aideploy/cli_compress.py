@@ -80,7 +80,8 @@ def add_prune(subparsers: argparse._SubParsersAction) -> None:
                         help="share of zeros in (0, 1), e.g. 0.8 (required unless --structure)")  # fmt: skip
     parser.add_argument("--schedule", default="polynomial", help="polynomial (default) or constant")
     parser.add_argument("--structure", default=None, help="2:4 for structured sparsity (two zeros in four)")
-    parser.add_argument("--epochs", type=_whole_number, default=None, help="fine-tuning epochs (default: 2)")
+    parser.add_argument("--epochs", type=_whole_number, default=None,
+                        help="fine-tuning epochs (default: 10; 1 in fast mode)")  # fmt: skip
     parser.add_argument("--fast", action="store_true", help="fast mode: a subset of the data")
     parser.add_argument("--out", required=True, help="output folder for the pruned model and its manifest")
     parser.set_defaults(handler=run_prune)
@@ -94,13 +95,14 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(
             f"--sparsity must be strictly between 0 and 1 (e.g. 0.8 for 80% zeros), got {args.sparsity}."
         )
-    from aideploy import prune  # the settings check themselves; TensorFlow loads here
+    from aideploy import compress, prune  # the settings check themselves; TensorFlow loads here
 
     settings = prune.PruneSettings(
         target_sparsity=args.sparsity if args.sparsity is not None else 0.5,
         schedule=args.schedule,
         structure=args.structure,
-        **({"num_epochs": args.epochs} if args.epochs is not None else {}),
+        # The comparison's fine-tuning length: two epochs lose points a longer run keeps.
+        num_epochs=args.epochs if args.epochs is not None else config.fast_or_full(1, compress.PRUNE_EPOCHS),
     )
     _prepare(args)
     what = f"to {args.structure} structure" if args.structure else f"to {settings.target_sparsity:.0%} sparsity"

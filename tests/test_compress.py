@@ -47,7 +47,7 @@ def test_build_variants_writes_every_variant_with_a_valid_manifest(variants):
     assert [path.name for path in paths] == NAMES
     for path in paths:
         assert artifacts.verify(path)["sha256"] == artifacts.sha256_of(path)
-    assert len(lines) == len(NAMES) - 1 and all("written" in line for line in lines)
+    assert len(lines) == len(NAMES) and all("written" in line for line in lines)
     pruned = artifacts.read_manifest(paths[0].parent / "mlp.prune80.keras")
     assert pruned["params"]["settings"]["target_sparsity"] == 0.8
 
@@ -190,3 +190,13 @@ def test_tolerance_without_a_manifest_comes_from_the_model(variants, tmp_path):
         copy = tmp_path / name
         copy.write_bytes((paths[0].parent / name).read_bytes())
         assert parity.tolerance_for(copy) == expected, name
+
+
+def test_a_variant_made_from_another_model_or_with_other_settings_is_not_kept(variants, trained_mlp):
+    paths, _ = variants
+    source = {"sha256": artifacts.sha256_of(trained_mlp["model_path"])}
+    pruned = paths[0].parent / "mlp.prune80.tflite"
+    assert compress._is_valid(pruned, {"method": "prune", "target_sparsity": 0.8}, source)
+    assert not compress._is_valid(pruned, {"method": "prune", "target_sparsity": 0.8}, {"sha256": "0" * 64})
+    assert not compress._is_valid(pruned, {"method": "prune", "target_sparsity": 0.7}, source)
+    assert not compress._is_valid(pruned, {"method": "prune", "num_epochs": 99}, source)
