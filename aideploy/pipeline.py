@@ -79,7 +79,7 @@ class PipelineSettings:
     tuning_epochs: int = 4
     retrain_epochs: int = 20
     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)
-    prune_epochs: int = 2
+    prune_epochs: int = 10
     quantization_methods: tuple[str, ...] = ("dynamic", "float16", "int8", "ort-dynamic", "ort-static")
     pruned_int8: bool = True
     benchmark_batch_sizes: tuple[int, ...] = (1, 32, 256)
