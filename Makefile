@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.aideploy-installed
 DEMO_OUT ?= artifacts/demo
 
-.PHONY: help venv demo test test-fast tools lint docs notebooks clean
+.PHONY: help venv demo demo-full test test-fast tools lint docs notebooks clean
 
 help:
-	@echo "make demo      set up .venv and run the pipeline: train, export, benchmark"
+	@echo "make demo      set up .venv and run the pipeline in fast mode (FULL=1 or make demo-full: full run)"
 	@echo "make test      set up .venv with dev extras and run the whole test suite"
 	@echo "make docs      build the documentation site into docs/_build/html"
 	@echo "make notebooks re-execute every notebook in full mode (commits the outputs)"
@@ -25,15 +25,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The pipeline so far: train and evaluate the MLP, export it to ONNX, TFLite and
-# a SavedModel, and benchmark the runtimes: a readable table, then a short JSON
-# last line (headline ratios and the path of the full results, bench/runtimes.json).
+# The main job end to end (aideploy pipeline): data, training, tuning, pruning,
+# quantization, conversion, parity and benchmark, publishing into a model
+# repository, and a report. Fast mode by default (about a minute); `make demo FULL=1`
+# or `make demo-full` runs the whole list (many minutes). A rerun resumes. The
+# pipeline's JSON line goes to $(DEMO_OUT)/pipeline.log (and summary.json), not to
+# the screen; bash's pipefail keeps the pipeline's exit status.
+demo: SHELL := /bin/bash
+demo: .SHELLFLAGS := -o pipefail -c
 demo: $(STAMP)
-	$(BIN)/aideploy train --model mlp --out $(DEMO_OUT)
-	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to onnx --out $(DEMO_OUT)
-	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to tflite --out $(DEMO_OUT)
-	$(BIN)/aideploy convert $(DEMO_OUT)/mlp.keras --to saved_model --out $(DEMO_OUT)
-	$(BIN)/aideploy bench $(DEMO_OUT)/mlp.keras $(DEMO_OUT)/mlp.onnx $(DEMO_OUT)/mlp.tflite --out $(DEMO_OUT)/bench
+	@mkdir -p $(DEMO_OUT)
+	@$(if $(filter 1,$(FULL)),AIDEPLOY_FAST=0 $(BIN)/aideploy pipeline,$(BIN)/aideploy pipeline --fast) \
+		--model mlp --out $(DEMO_OUT) | tee $(DEMO_OUT)/pipeline.log | grep -v '^{'
+	@echo
+	@echo "Serve the model (Ctrl-C stops it):  $(BIN)/aideploy serve $(DEMO_OUT)/repository"
+	@echo "Ask it for a prediction:            see README.md, 'Serving'"
+	@echo "Open the notebooks:                 $(BIN)/jupyter lab notebooks/"
+
+demo-full:
+	$(MAKE) --no-print-directory demo FULL=1 DEMO_OUT=artifacts/pipeline-full
 
 # Debian's prometheus package (promtool and a server) for tests/test_ops.py: installed
 # when missing and we may (root or password-less sudo); otherwise one line says how,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aideploy
-from aideploy import cli_compress, config
+from aideploy import cli_compress, cli_pipeline, config
 from aideploy.errors import AideployError
 
 EXIT_EXPECTED_ERROR = 2
@@ -351,6 +351,7 @@ def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train, _add_convert, _add_bench, _add_tune, _add_publish, _add_serve, *cli_compress.COMMANDS,
+    cli_pipeline.add_pipeline,
 ]
 
 
