@@ -146,7 +146,8 @@ class PredictionLog:
     Args:
         path: The SQLite file (created with its folder if missing).
         max_queue: Requests that may wait for the writer; more are dropped (and counted).
-        max_rows: Retention: the newest rows kept (older ones are deleted).
+        max_rows: Retention: the newest rows kept (older ones are deleted every
+            ``max_rows // 10`` rows, so the file holds at most about 10% more).
         store_inputs: Also keep each raw input row (float32 bytes); off by default.
         on_commit: Called from the writer thread with ``(model, version, rows)`` after each commit.
         on_drop: Called with ``(model, version, rows)`` for each dropped request.
@@ -283,7 +284,8 @@ class PredictionLog:
             for (model, version), rows in counts.items():
                 self.on_commit(model, version, rows)
         self._since_retention += len(records)
-        if self._since_retention >= min(10_000, self.max_rows):
+        # Retention runs every tenth of max_rows: the file holds at most about 10% more rows than that.
+        if self._since_retention >= min(10_000, max(1, self.max_rows // 10)):
             self._since_retention = 0
             self._apply_retention()
 
