@@ -40,7 +40,8 @@ def add_monitor(subparsers: argparse._SubParsersAction) -> None:
         "profile",
         help="build a published version's reference profile from the training data",
         description="Run the published ONNX model on the Fashion-MNIST training images and save the "
-        "reference profile (input summary, predicted classes, confidences, accuracy) beside it as "
+        "reference profile (input summary, predicted classes, confidences; accuracy on the validation "
+        "split) beside it as "
         "<repo>/<name>/<version>/reference.json with its manifest.",
     )
     profile.add_argument("--repo", required=True, help="the model repository")
@@ -75,7 +76,8 @@ def _run_profile(args: argparse.Namespace) -> dict[str, Any]:
     mode = "fast" if config.fast_mode() else "full"
     print(f"Profiling {args.name!r} in {args.repo} on {len(splits.x_train):,} training images ({mode} mode)...",
           flush=True)
-    path = profile.profile_version(args.repo, args.name, splits.x_train, splits.y_train, version=args.version)
+    path = profile.profile_version(args.repo, args.name, splits.x_train, version=args.version,
+                                   validation=(splits.x_val, splits.y_val))
     reference = profile.load_profile(path)
     print(f"Saved {path}", flush=True)
     return {"path": str(path), "model": reference.model, "version": reference.version,

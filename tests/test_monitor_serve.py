@@ -86,7 +86,8 @@ def test_labels_drift_gauges_and_alerts_over_http(repo, tmp_path):
 
     (ids, named, predict, windows, labelled, single, tf_label, bad, alerts, bad_limit, metrics,
      first_class) = asyncio.run(scenario())
-    assert len(set(ids)) == 40 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)  # ids the server made
+    assert len(set(ids)) == 40 and all(re.fullmatch(r"[0-9a-f]{22}", i) for i in ids)  # ids the server made
+    assert ids == sorted(ids)
     assert named.json()["id"] == "mine" and predict.status_code == 200
     assert [w["drift"] for w in windows] == [False, False, True, True]
     assert [w["first_id"] for w in windows] == [1, 201, 401, 601]

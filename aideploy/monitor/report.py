@@ -216,6 +216,7 @@ def plot_drift(summary: dict[str, Any], key: str, *, measures: tuple[str, ...] =
         if window["drift"]:
             axis.axvspan(i - 0.4, i + 0.4, color="red", alpha=0.08)
     axis.set_yscale("symlog", linthresh=0.1)
+    axis.set_ylim(bottom=0)
     axis.set_xlabel("window (shaded: drift flagged)")
     axis.set_ylabel("PSI (symmetric log scale)")
     axis.set_title(f"Drift per window: {key}")

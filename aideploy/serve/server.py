@@ -14,6 +14,7 @@ protocols validate requests the same way.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -157,6 +158,10 @@ class ModelServer:
         self.stopping = False
         self._loading: asyncio.Task | None = None
         self.monitor: Any = None  # an aideploy.monitor Monitor when settings.log_db is set
+        # Request ids the server makes: a random prefix per process (several processes may
+        # share a log) and a counter, so that ids grow and the log's index only appends.
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._id_counter = itertools.count()
 
     # --- life cycle -------------------------------------------------------------
 
@@ -267,7 +272,7 @@ class ModelServer:
         """
         if self.monitor is None:
             return request_id
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or f"{self._id_prefix}{next(self._id_counter):010x}"
         self.monitor.record(model.name, str(model.version), request_id, x, y, time.perf_counter() - started)
         return request_id
 
