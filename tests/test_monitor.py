@@ -254,3 +254,27 @@ def test_monitor_imports_neither_tensorflow_nor_the_server(repo_root):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_two_processes_worth_of_monitors_share_one_log(reference_data, tmp_path):
+    """Two monitors on one file (as two server workers would be): every row lands once and each
+    window is analysed once, by whichever monitor claims it first."""
+    _, _, reference = reference_data
+    settings = drift.DriftSettings(window_size=100)
+    monitors = [service.Monitor(tmp_path / "log.db", settings=settings) for _ in range(2)]
+    for monitor in monitors:
+        monitor.add_model("m", "1", reference)
+    rng = np.random.default_rng(5)
+    for index in range(400):
+        x = rng.uniform(0, 1, (1, 4)).astype(np.float32)
+        monitors[index % 2].record("m", "1", f"r{index}", x, softmax_answers(x), 0.001)
+    for monitor in monitors:
+        monitor.log.flush()
+    claimed = [len(monitor.check()) for monitor in monitors]
+    for monitor in monitors:
+        monitor.stop()
+    assert sum(claimed) == 4
+    with sqlite3.connect(tmp_path / "log.db") as connection:
+        (rows,) = connection.execute("SELECT COUNT(DISTINCT request_id) FROM predictions").fetchone()
+        windows = connection.execute("SELECT first_id, last_id FROM windows ORDER BY first_id").fetchall()
+    assert rows == 400 and windows == [(1, 100), (101, 200), (201, 300), (301, 400)]
