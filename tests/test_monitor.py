@@ -151,6 +151,15 @@ def test_log_under_concurrent_load_counts_every_row(tmp_path):
     assert (predicted, confidence) == (1, pytest.approx(0.7))
 
 
+def test_an_unusable_log_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ArtifactError, match="cannot open the prediction log .*--no-log"):
+        log.PredictionLog(tmp_path / "file" / "log.db")
+    (tmp_path / "garbage.db").write_bytes(b"this is not a SQLite file" * 100)
+    with pytest.raises(ArtifactError, match="cannot open the prediction log"):
+        log.PredictionLog(tmp_path / "garbage.db")
+
+
 def test_retention_keeps_the_newest_rows(tmp_path):
     prediction_log = log.PredictionLog(tmp_path / "log.db", max_rows=30)
     x, y = np.zeros((1, 4), np.float32), np.array([[1.0, 0.0, 0.0]], np.float32)

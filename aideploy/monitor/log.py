@@ -127,14 +127,20 @@ def connect(path: str | os.PathLike, *, busy_timeout: float = 10.0, create: bool
     path = Path(path)
     if not create and not path.is_file():
         raise ArtifactError(f"no prediction log at {path}: serve with `aideploy serve REPO --log-db {path}` first.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit
-    # survives the process dying (the WAL is in the OS's cache), not a power cut.
-    connection.execute("PRAGMA synchronous=NORMAL")
-    if create:
-        connection.executescript(_SCHEMA)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit
+        # survives the process dying (the WAL is in the OS's cache), not a power cut.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if create:
+            connection.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as error:
+        raise ArtifactError(
+            f"cannot open the prediction log {path} ({error}): choose a file in a folder you may write "
+            "(--log-db PATH), or turn the log off with --no-log."
+        ) from None
     return connection
 
 
