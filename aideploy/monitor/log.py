@@ -59,7 +59,6 @@ CREATE TABLE IF NOT EXISTS predictions (
     input BLOB
 );
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id, row);
-CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, version, id);
 CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY,
     pred_id INTEGER NOT NULL UNIQUE,
@@ -175,7 +174,7 @@ class PredictionLog:
         on_commit: Callable[[str, str, int], None] | None = None,
         on_drop: Callable[[str, str, int], None] | None = None,
         busy_timeout: float = 10.0,
-        batch_seconds: float = 0.05,
+        batch_seconds: float = 0.1,
     ) -> None:
         from aideploy.errors import ConfigError
 
@@ -242,7 +241,7 @@ class PredictionLog:
                 continue
             # Let requests gather first: a transaction per request would hold the GIL
             # (features, inserts, commit) hundreds of times a second, slowing the
-            # event loop; one every 50 ms costs little and the log lags by no more.
+            # event loop; one every 100 ms costs little and the log lags by no more.
             self._stop.wait(self.batch_seconds)
             items = [first]
             while len(items) < 4096:

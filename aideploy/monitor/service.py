@@ -171,8 +171,9 @@ class Monitor:
             ).fetchone()
             rows = self._connection.execute(
                 f"SELECT id, time, predicted, confidence, {', '.join(FEATURES)} FROM predictions "
-                "WHERE model = ? AND version = ? AND id > ? ORDER BY id LIMIT ?",
-                (*key, last, size),
+                # By rowid from the last window on (no index on model: each index costs every insert).
+                "WHERE id > ? AND model = ? AND version = ? ORDER BY id LIMIT ?",
+                (last, *key, size),
             ).fetchall()
             if len(rows) < size:
                 return done
