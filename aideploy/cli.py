@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aideploy
-from aideploy import cli_compress, cli_pipeline, config
+from aideploy import cli_compress, cli_monitor, cli_pipeline, config
 from aideploy.errors import AideployError
 
 EXIT_EXPECTED_ERROR = 2
@@ -330,14 +330,22 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         help="how long a batch waits for more requests (default: 0, as Triton's dynamic_batching)",
     )
     parser.add_argument("--runtime", choices=("onnxruntime", "tflite"), default="onnxruntime", help="model runtime")
+    parser.add_argument(
+        "--log-db", default=None,
+        help="prediction log file (SQLite; default: <artifacts>/monitoring/predictions.db), see aideploy.monitor",
+    )
+    parser.add_argument("--no-log", action="store_true", help="keep no prediction log (and no drift monitoring)")
+    parser.add_argument("--monitor-window", type=_positive_int, default=500, help="rows per drift window (500)")
     parser.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
     from aideploy import serve
 
+    log_db = None if args.no_log else (args.log_db or str(config.artifacts_dir() / "monitoring" / "predictions.db"))
     settings = serve.ServerSettings(
-        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, runtime=args.runtime
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, runtime=args.runtime,
+        log_db=log_db, monitor_window=args.monitor_window,
     )
     print(f"Serving {args.repo}...", flush=True)
     return serve.run(
@@ -351,7 +359,7 @@ def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train, _add_convert, _add_bench, _add_tune, _add_publish, _add_serve, *cli_compress.COMMANDS,
-    cli_pipeline.add_pipeline,
+    cli_pipeline.add_pipeline, cli_monitor.add_monitor,
 ]
 
 

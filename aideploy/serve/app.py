@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aideploy.serve import images, tfserving, v2
+from aideploy.serve import images, monitoring, tfserving, v2
 from aideploy.serve.server import ModelServer, ServerSettings
 
 logger = logging.getLogger("aideploy.serve")
@@ -75,6 +75,7 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
     app.include_router(v2.router(server))
     app.include_router(tfserving.router(server))
     app.include_router(images.router(server))
+    app.include_router(monitoring.router(server))
 
     @app.get("/metrics")
     async def metrics() -> Response:

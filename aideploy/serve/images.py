@@ -17,6 +17,7 @@ errors are ``{"error": ...}`` like the other routes.
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -97,10 +98,13 @@ def model_input(model: ServedModel, pixels: np.ndarray) -> np.ndarray:
 
 
 async def _classify(server: ModelServer, model: ServedModel, request: Request) -> Response:
+    started = time.perf_counter()
     content = await read_body(request, server.settings.max_body_bytes)
     invert = request.query_params.get("invert", "false").lower() in ("1", "true", "yes")
     x = check_input(model, model_input(model, image_to_pixels(content, invert=invert)), "the image")
-    (probabilities,) = await model.batcher.submit(x)
+    y = await model.batcher.submit(x)
+    request_id = server.log_prediction(model, None, x, y, started)
+    (probabilities,) = y
     names = _class_names(len(probabilities))
     index = int(np.argmax(probabilities))
     payload: dict[str, Any] = {
@@ -110,6 +114,8 @@ async def _classify(server: ModelServer, model: ServedModel, request: Request) -
         "class_name": names[index],
         "probabilities": {name: float(p) for name, p in zip(names, probabilities)},
     }
+    if request_id is not None:
+        payload["id"] = request_id
     return json_response(payload)
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aideploy.errors import AideployError, ModelNotReadyError
@@ -45,6 +45,7 @@ def running_server(
     max_queue_delay_ms: float | None = None,
     startup_timeout: float = 120.0,
     stop_timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Start ``aideploy serve REPO`` in a child process; yield its base URL once it is ready.
 
@@ -60,6 +61,7 @@ def running_server(
         max_queue_delay_ms: ``--max-queue-delay-ms``.
         startup_timeout: Seconds to wait for readiness.
         stop_timeout: Seconds to wait after SIGTERM before killing it.
+        extra_args: More ``aideploy serve`` options, e.g. ``["--log-db", path]``.
 
     Yields:
         The base URL, e.g. ``http://127.0.0.1:50123``.
@@ -73,6 +75,7 @@ def running_server(
         command += ["--max-batch-size", str(max_batch_size)]
     if max_queue_delay_ms is not None:
         command += ["--max-queue-delay-ms", str(max_queue_delay_ms)]
+    command += list(extra_args)
     url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="aideploy-serve-") as folder:
         log_path = Path(folder) / "server.log"

@@ -14,9 +14,11 @@ protocols validate requests the same way.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,9 @@ class ServerSettings:
         inline_below_ms: A batch whose predictor call is estimated shorter than this
             runs on the event loop rather than in the model's thread, which costs more
             than such a call (see :mod:`aideploy.serve.batching`); 0 always uses the thread.
+        log_db: The prediction log's SQLite file (``None``: no log, no drift monitoring;
+            see :mod:`aideploy.monitor`).
+        monitor_window: Rows per drift window of the prediction log.
     """
 
     max_batch_size: int | None = None
@@ -69,6 +74,8 @@ class ServerSettings:
     num_threads: int | None = None
     runtime: str = "onnxruntime"
     inline_below_ms: float = 1.0
+    log_db: str | None = None
+    monitor_window: int = 500
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
@@ -79,6 +86,8 @@ class ServerSettings:
             raise ConfigError(f"max_body_bytes must be a whole number of at least 1024, got {self.max_body_bytes!r}.")
         if not (isinstance(self.inline_below_ms, (int, float)) and 0 <= self.inline_below_ms <= 1000):
             raise ConfigError(f"inline_below_ms must be between 0 and 1000, got {self.inline_below_ms!r}.")
+        if not isinstance(self.monitor_window, int) or self.monitor_window < 20:
+            raise ConfigError(f"monitor_window must be a whole number of at least 20, got {self.monitor_window!r}.")
         if self.runtime not in SERVE_RUNTIMES:
             raise ConfigError(f"unknown serving runtime {self.runtime!r}: use one of {', '.join(SERVE_RUNTIMES)}.")
 
@@ -148,11 +157,25 @@ class ModelServer:
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.stopping = False
         self._loading: asyncio.Task | None = None
+        self.monitor: Any = None  # an aideploy.monitor Monitor when settings.log_db is set
+        # Request ids the server makes: a random prefix per process (several processes may
+        # share a log) and a counter, so that ids grow and the log's index only appends.
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._id_counter = itertools.count()
 
     # --- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Find the models and start loading them in the background."""
+        if self.settings.log_db is not None and self.monitor is None:
+            from aideploy.monitor import service
+
+            self.monitor = service.Monitor(
+                self.settings.log_db,
+                settings=service.drift.DriftSettings(window_size=self.settings.monitor_window),
+                registry=self.metrics.registry,
+            )
+            self.monitor.start()
         for name in self.repository.models():
             self.models[name] = {v: ServedModel(name, v) for v in self.repository.versions(name)}
         self._loading = asyncio.get_running_loop().create_task(self._load_all())
@@ -186,6 +209,8 @@ class ModelServer:
                 if model.state == "AVAILABLE":
                     model.state = "UNAVAILABLE"
                     model.error = "the server is stopping."
+        if self.monitor is not None:  # after the batchers: every answered request is queued by now
+            await asyncio.to_thread(self.monitor.stop)
 
     async def _load_all(self) -> None:
         for name, versions in self.models.items():
@@ -209,6 +234,8 @@ class ModelServer:
                     inline_below=self.settings.inline_below_ms / 1000,
                 )
                 model.batcher.start()
+                if self.monitor is not None:
+                    await asyncio.to_thread(self._watch, entry)
                 model.state = "AVAILABLE"
 
     def _load_one(self, name: str, version: int) -> tuple[registry.ModelVersion, Any]:
@@ -222,6 +249,32 @@ class ModelServer:
             path = entry.tflite_path
         predictor = runtime.load(path, num_threads=self.settings.num_threads)
         return entry, predictor
+
+    def _watch(self, entry: registry.ModelVersion) -> None:
+        from aideploy.monitor import profile
+
+        reference_path = entry.path.parent / profile.REFERENCE_NAME
+        reference = None
+        if reference_path.is_file():
+            try:
+                reference = profile.load_profile(reference_path)
+            except AideployError as error:  # serve the model; only its drift is not watched
+                logger.error("model %s version %s: no drift monitoring: %s", entry.name, entry.version, error)
+        self.monitor.add_model(entry.name, str(entry.version), reference)
+
+    def log_prediction(
+        self, model: ServedModel, request_id: str | None, x: np.ndarray, y: np.ndarray, started: float
+    ) -> str | None:
+        """Hand an answered request to the prediction log, if there is one; never waits.
+
+        Returns:
+            The request's id: the client's, or a new one when the log is on and the client sent none.
+        """
+        if self.monitor is None:
+            return request_id
+        request_id = request_id or f"{self._id_prefix}{next(self._id_counter):010x}"
+        self.monitor.record(model.name, str(model.version), request_id, x, y, time.perf_counter() - started)
+        return request_id
 
     # --- lookups ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ Errors are ``{"error": "..."}`` with a 4xx or 503 status, as TF Serving sends th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from starlette.responses import Response
 
 from aideploy.errors import ModelInputError
 from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, parse_json, read_body
-from aideploy.serve.v2 import answer, error_response, json_response
+from aideploy.serve.v2 import REQUEST_ID_HEADER, answer, error_response, json_response
 
 PROTOCOL = "tfserving"
 SIGNATURE_NAME = "serving_default"
@@ -143,6 +144,7 @@ def _metadata(model: ServedModel) -> Response:
 
 
 async def _predict(server: ModelServer, model: ServedModel, request: Request) -> Response:
+    started = time.perf_counter()
     payload = parse_json(await read_body(request, server.settings.max_body_bytes))
     signature_name = payload.get("signature_name", SIGNATURE_NAME)
     if signature_name != SIGNATURE_NAME:
@@ -163,7 +165,7 @@ async def _predict(server: ModelServer, model: ServedModel, request: Request) ->
             instances = [item[input_name] for item in instances]
         x = check_input(model, array_from_json(instances, model.input_dtype, '"instances"'), '"instances"')
         y = await model.batcher.submit(x)
-        return json_response({"predictions": np.ascontiguousarray(y)})
+        return _logged(server, model, x, y, started, json_response({"predictions": np.ascontiguousarray(y)}))
     inputs = payload["inputs"]
     if isinstance(inputs, dict):
         if set(inputs) != {input_name}:
@@ -173,4 +175,14 @@ async def _predict(server: ModelServer, model: ServedModel, request: Request) ->
         inputs = inputs[input_name]
     x = check_input(model, array_from_json(inputs, model.input_dtype, '"inputs"'), '"inputs"')
     y = await model.batcher.submit(x)
-    return json_response({"outputs": np.ascontiguousarray(y)})
+    return _logged(server, model, x, y, started, json_response({"outputs": np.ascontiguousarray(y)}))
+
+
+def _logged(server: ModelServer, model: ServedModel, x: np.ndarray, y: np.ndarray, started: float,
+            response: Response) -> Response:
+    # The protocol has no request id: when the prediction log is on, the answer
+    # carries the one it was logged under in a header, for delayed labels.
+    request_id = server.log_prediction(model, None, x, y, started)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response

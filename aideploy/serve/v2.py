@@ -27,6 +27,7 @@ with a 4xx or 503 status.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ from aideploy.errors import ModelInputError
 from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, parse_json, read_body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: The header that carries a request's id in the answers of the protocols without an ``id``
+#: field, when the prediction log is on (see :mod:`aideploy.serve.monitoring`).
+REQUEST_ID_HEADER = "Aideploy-Request-Id"
 PROTOCOL = "v2"
 
 
@@ -150,6 +154,7 @@ def _ready(server: ModelServer, model: ServedModel) -> Response:
 
 
 async def _infer(server: ModelServer, model: ServedModel, request: Request) -> Response:
+    started = time.perf_counter()
     body = await read_body(request, server.settings.max_body_bytes)
     header_text = request.headers.get(HEADER_LENGTH)
     if header_text is None:
@@ -169,6 +174,7 @@ async def _infer(server: ModelServer, model: ServedModel, request: Request) -> R
     x = _decode_input(server, model, payload, binary)
     wanted = _requested_outputs(model, payload, bool(parameters.get("binary_data_output", False)))
     y = await model.batcher.submit(x)
+    request_id = server.log_prediction(model, request_id, x, y, started)
     response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if request_id is not None:
         response["id"] = request_id

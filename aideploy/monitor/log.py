@@ -1,0 +1,433 @@
+"""The prediction log: one SQLite row per answered input row, written in the background.
+
+Notebook: ``notebooks/08_monitoring.ipynb``. Command: ``aideploy serve --log-db PATH``.
+
+The server hands each answered request to :meth:`PredictionLog.record`, which
+only puts a reference to the arrays on a bounded queue (no copy, no disk, no
+wait): a request never waits for the log. A writer thread takes what is
+queued, computes the input summary (:func:`~aideploy.monitor.profile.input_features`)
+for many rows at once, and inserts them in one transaction. When the queue is
+full the request is still answered and its rows are counted as dropped: a gap
+in the log is always counted, never silent.
+
+The file is SQLite in WAL mode with ``synchronous=NORMAL``: a committed
+transaction survives the server process being killed (not a power cut), and
+readers (the report, a notebook) never block the writer. Several server
+processes may write the same file: each waits for the write lock up to
+``busy_timeout`` seconds. A retention limit deletes the oldest rows beyond
+``max_rows``.
+
+Tables: ``predictions`` (``id``, ``request_id``, ``row``, ``time``, ``model``,
+``version``, ``latency_ms``, ``predicted``, ``confidence``, ``num_classes``, one
+column per feature, ``input`` when raw inputs are kept), ``labels`` (``pred_id``,
+``label``, ``time``: delayed labels), and ``windows`` and ``alerts`` (written by
+:mod:`aideploy.monitor.service`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aideploy.errors import AideployError, ModelInputError
+from aideploy.monitor.profile import FEATURES, input_features
+
+logger = logging.getLogger("aideploy.monitor")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    time REAL NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    predicted INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    num_classes INTEGER NOT NULL,
+    {", ".join(f"{name} REAL NOT NULL" for name in FEATURES)},
+    input BLOB
+);
+CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id, row);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    pred_id INTEGER NOT NULL UNIQUE,
+    label INTEGER NOT NULL,
+    time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    start_time REAL NOT NULL,
+    end_time REAL NOT NULL,
+    num_rows INTEGER NOT NULL,
+    drift INTEGER NOT NULL,
+    results TEXT NOT NULL,
+    PRIMARY KEY (model, version, first_id)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    value REAL NOT NULL,
+    threshold REAL NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+_INSERT = (
+    f"INSERT INTO predictions (request_id, row, time, model, version, latency_ms, predicted, confidence, "
+    f"num_classes, {', '.join(FEATURES)}, input) VALUES ({', '.join('?' * (10 + len(FEATURES)))})"
+)
+
+#: Longest request id accepted (ids come from clients).
+MAX_REQUEST_ID = 256
+
+
+class UnknownRequestError(AideployError, LookupError):
+    """A label names a request id the prediction log does not hold (HTTP 404)."""
+
+    http_status = 404
+
+
+def connect(path: str | os.PathLike, *, busy_timeout: float = 10.0, create: bool = True) -> sqlite3.Connection:
+    """Open a prediction log (WAL mode, the tables created if missing).
+
+    Introduced in ``08_monitoring.ipynb``.
+
+    Args:
+        path: The SQLite file.
+        busy_timeout: Seconds to wait for another writer's lock.
+        create: Create the file and tables if missing (else a missing file is an error).
+
+    Returns:
+        The connection.
+
+    Raises:
+        ArtifactError: ``create`` is false and the file does not exist.
+    """
+    from aideploy.errors import ArtifactError
+
+    path = Path(path)
+    if not create and not path.is_file():
+        raise ArtifactError(f"no prediction log at {path}: serve with `aideploy serve REPO --log-db {path}` first.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit
+        # survives the process dying (the WAL is in the OS's cache), not a power cut.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if create:
+            connection.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as error:
+        raise ArtifactError(
+            f"cannot open the prediction log {path} ({error}): choose a file in a folder you may write "
+            "(--log-db PATH), or turn the log off with --no-log."
+        ) from None
+    return connection
+
+
+class PredictionLog:
+    """The background writer of a prediction log.
+
+    Introduced in ``08_monitoring.ipynb``.
+
+    Args:
+        path: The SQLite file (created with its folder if missing).
+        max_queue: Requests that may wait for the writer; more are dropped (and counted).
+        max_rows: Retention: the newest rows kept (older ones are deleted every
+            ``max_rows // 10`` rows, so the file holds at most about 10% more).
+        store_inputs: Also keep each raw input row (float32 bytes); off by default.
+        on_commit: Called from the writer thread with ``(model, version, rows)`` after each commit.
+        on_drop: Called with ``(model, version, rows)`` for each dropped request.
+        busy_timeout: Seconds to wait for another process's write lock.
+        batch_seconds: How long the writer lets requests gather before a transaction.
+
+    Attributes:
+        committed: Rows committed to the file so far.
+        dropped: Rows dropped (queue full, or a failed write).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_queue: int = 10_000,
+        max_rows: int = 1_000_000,
+        store_inputs: bool = False,
+        on_commit: Callable[[str, str, int], None] | None = None,
+        on_drop: Callable[[str, str, int], None] | None = None,
+        busy_timeout: float = 10.0,
+        batch_seconds: float = 0.1,
+    ) -> None:
+        from aideploy.errors import ConfigError
+
+        for name, value in (("max_queue", max_queue), ("max_rows", max_rows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}.")
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.store_inputs = store_inputs
+        self.busy_timeout = busy_timeout
+        self.batch_seconds = batch_seconds
+        self.on_commit = on_commit
+        self.on_drop = on_drop
+        self.committed = 0
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(max_queue)
+        self._stop = threading.Event()
+        self._connection = connect(self.path, busy_timeout=busy_timeout)
+        self._since_retention = 0
+        self._thread = threading.Thread(target=self._run, name="aideploy-prediction-log", daemon=True)
+        self._thread.start()
+
+    # --- the request path ---------------------------------------------------------
+
+    def record(
+        self, model: str, version: str, request_id: str, x: np.ndarray, y: np.ndarray, latency_seconds: float
+    ) -> bool:
+        """Queue one answered request for the log; never waits.
+
+        The arrays are kept by reference, so the caller must not change them afterwards.
+
+        Args:
+            model: The model's name.
+            version: The version that answered.
+            request_id: The request's id (labels refer to it).
+            x: Its input rows.
+            y: The model's output, one row of probabilities per input row.
+            latency_seconds: How long the request took up to the answer.
+
+        Returns:
+            Whether it was queued (``False``: dropped and counted).
+        """
+        try:
+            self._queue.put_nowait((time.time(), model, version, request_id, x, y, latency_seconds))
+        except queue.Full:
+            self._count_drop(model, version, len(x))
+            return False
+        return True
+
+    def _count_drop(self, model: str, version: str, rows: int) -> None:
+        self.dropped += rows
+        if self.on_drop is not None:
+            self.on_drop(model, version, rows)
+
+    # --- the writer thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            # Let requests gather first: a transaction per request would hold the GIL
+            # (features, inserts, commit) hundreds of times a second, slowing the
+            # event loop; one every 100 ms costs little and the log lags by no more.
+            self._stop.wait(self.batch_seconds)
+            items = [first]
+            while len(items) < 4096:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(items)
+            except Exception:  # a full disk or a lock held too long must not end the thread
+                logger.exception("could not write %d requests to the prediction log %s", len(items), self.path)
+                for item in items:
+                    self._count_drop(item[1], item[2], len(item[4]))
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    def _write(self, items: list[tuple]) -> None:
+        # Everything is computed for all rows of one input and output shape at once,
+        # and turned into Python values with tolist(): per-row NumPy calls would cost
+        # more than the request itself, and this thread shares the GIL with the server.
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            x, y = item[4], item[5]
+            groups.setdefault((x.shape[1:], x.dtype.str, np.shape(y)[1:]), []).append(index)
+        records: list[tuple] = []
+        counts: dict[tuple[str, str], int] = {}
+        for indices in groups.values():
+            x = np.concatenate([items[i][4] for i in indices])
+            probabilities = np.concatenate([np.asarray(items[i][5]) for i in indices]).reshape(len(x), -1)
+            features = input_features(x).tolist()
+            predicted = probabilities.argmax(axis=1).tolist()
+            confidence = probabilities.max(axis=1).tolist()
+            num_classes = probabilities.shape[1]
+            raw = (
+                [row.tobytes() for row in x.reshape(len(x), -1).astype(np.float32)]
+                if self.store_inputs
+                else [None] * len(x)
+            )
+            meta = [
+                (request_id, row, when, model, version, latency * 1000.0)
+                for when, model, version, request_id, rows, _, latency in (items[i] for i in indices)
+                for row in range(len(rows))
+            ]
+            records += [
+                (*head, label, top, num_classes, *summary, blob)
+                for head, label, top, summary, blob in zip(meta, predicted, confidence, features, raw)
+            ]
+            for i in indices:
+                key = (items[i][1], items[i][2])
+                counts[key] = counts.get(key, 0) + len(items[i][4])
+        with self._connection:  # one transaction: committed when this block ends
+            self._connection.executemany(_INSERT, records)
+        self.committed += len(records)
+        if self.on_commit is not None:
+            for (model, version), rows in counts.items():
+                self.on_commit(model, version, rows)
+        self._since_retention += len(records)
+        # Retention runs every tenth of max_rows: the file holds at most about 10% more rows than that.
+        if self._since_retention >= min(10_000, max(1, self.max_rows // 10)):
+            self._since_retention = 0
+            self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        with self._connection:
+            (newest,) = self._connection.execute("SELECT COALESCE(MAX(id), 0) FROM predictions").fetchone()
+            cutoff = newest - self.max_rows
+            if cutoff > 0:
+                self._connection.execute("DELETE FROM labels WHERE pred_id <= ?", (cutoff,))
+                self._connection.execute("DELETE FROM predictions WHERE id <= ?", (cutoff,))
+
+    # --- control --------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or being written."""
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far is committed (or dropped).
+
+        Returns:
+            Whether the queue emptied within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._queue.all_tasks_done.wait(min(remaining, 0.5))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, stop the writer thread and close the file."""
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout)
+        self._connection.close()
+
+    def submit_labels(self, request_id: str, labels: Any) -> dict[str, Any]:
+        """Record the true label(s) of a logged request (see :func:`submit_labels`).
+
+        Waits for the writer first when the request is not in the file yet (it
+        may still be queued).
+        """
+        try:
+            return submit_labels(self.path, request_id, labels, busy_timeout=self.busy_timeout)
+        except UnknownRequestError:
+            if not self.flush(5.0):
+                raise
+            return submit_labels(self.path, request_id, labels, busy_timeout=self.busy_timeout)
+
+
+def _check_labels(request_id: Any, labels: Any) -> list[int]:
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+        raise ModelInputError(
+            f'"id" must be the request id (a string of 1-{MAX_REQUEST_ID} characters) that the '
+            f"inference answer carried, got {request_id!r}."
+        )
+    values = labels if isinstance(labels, list) else [labels]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ModelInputError(
+            f"a label must be a class index (a whole number >= 0), or a list of them, one per input row; "
+            f"got {labels!r}."
+        )
+    return values
+
+
+def submit_labels(
+    db: str | os.PathLike, request_id: str, labels: int | Sequence[int], *, busy_timeout: float = 10.0
+) -> dict[str, Any]:
+    """Record the true class of each input row of a logged request (a delayed label).
+
+    A label sent again replaces the earlier one. Introduced in ``08_monitoring.ipynb``;
+    the server's ``POST /monitor/labels`` calls it.
+
+    Args:
+        db: The prediction log file.
+        request_id: The id the inference answer carried.
+        labels: One class index per input row (a single int for a one-row request).
+
+    Returns:
+        ``id``, ``model``, ``version``, ``labels`` and ``correct`` (how many
+        rows the model got right).
+
+    Raises:
+        ModelInputError: A malformed id or label, a label count that does not
+            match the request's rows, or a class the model does not have.
+        UnknownRequestError: The log holds no request with that id.
+    """
+    values = _check_labels(request_id, list(labels) if isinstance(labels, (tuple, np.ndarray)) else labels)
+    connection = connect(db, busy_timeout=busy_timeout, create=False)
+    try:
+        rows = connection.execute(
+            "SELECT id, row, model, version, predicted, num_classes FROM predictions WHERE request_id = ? "
+            "ORDER BY row",
+            (request_id,),
+        ).fetchall()
+        if not rows:
+            raise UnknownRequestError(
+                f"no logged request has id {request_id!r}: send the id the inference answer carried "
+                "(it may have been dropped under overload or removed by the retention limit)."
+            )
+        if len(values) != len(rows):
+            raise ModelInputError(
+                f"request {request_id!r} had {len(rows)} input rows, got {len(values)} labels: send one per row."
+            )
+        num_classes = rows[0][5]
+        if max(values) >= num_classes:
+            raise ModelInputError(
+                f"label {max(values)} is not a class of model {rows[0][2]!r}: use 0..{num_classes - 1}."
+            )
+        now = time.time()
+        with connection:
+            connection.executemany(
+                # REPLACE gives a re-sent label a new id, so the monitor sees it as new.
+                "INSERT OR REPLACE INTO labels (pred_id, label, time) VALUES (?, ?, ?)",
+                [(row[0], label, now) for row, label in zip(rows, values)],
+            )
+    finally:
+        connection.close()
+    return {
+        "id": request_id,
+        "model": rows[0][2],
+        "version": rows[0][3],
+        "labels": values,
+        "correct": sum(int(row[4] == label) for row, label in zip(rows, values)),
+    }
