@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -64,7 +64,7 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
         finally:
             await server.stop()
 
-    app = FastAPI(
+    app = _InferenceFastPathApp(
         title="aideploy model server",
         docs_url=None,
         redoc_url=None,
@@ -72,9 +72,11 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
         lifespan=lifespan,
     )
     app.state.server = server
-    app.include_router(v2.router(server))
-    app.include_router(tfserving.router(server))
-    app.include_router(images.router(server))
+    routers = [v2.router(server), tfserving.router(server), images.router(server)]
+    for router in routers:
+        app.include_router(router)
+    app.set_hot_routes(route for router in routers for route in router.routes if getattr(route, "methods", None)
+                       == {"POST"} and route.path.endswith(("/infer", ":predict")))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -87,6 +89,41 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
         return v2.error_response(error.status_code, message)
 
     return app
+
+
+class _InferenceFastPathApp(FastAPI):
+    """FastAPI, but inference requests go straight to their endpoint.
+
+    FastAPI's middleware stack and router (error middleware, exception handlers, an
+    exit stack, matching every route in turn) cost more per request than a small
+    model's inference. The inference endpoints are plain Starlette ones that turn
+    every error into an answer themselves (:meth:`ModelServer.track`), so a POST whose
+    path matches one of them is dispatched here directly; everything else (health,
+    metadata, images, metrics, unknown paths, the lifespan) takes the usual way.
+    """
+
+    _hot: tuple[tuple[Any, Callable[[Request], Any]], ...] = ()
+
+    def set_hot_routes(self, routes: Iterable[Any]) -> None:
+        """Dispatch POSTs to these plain Starlette routes (already included) directly."""
+        self._hot = tuple((route.path_regex, route.endpoint) for route in routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            for regex, endpoint in self._hot:
+                match = regex.match(path)
+                if match is not None:
+                    scope["app"] = self
+                    scope["path_params"] = match.groupdict()
+                    try:
+                        response = await endpoint(Request(scope, receive))
+                    except Exception:  # the endpoints answer errors themselves: this is a bug
+                        logger.exception("inference request %s failed", path)
+                        response = v2.error_response(500, "internal server error: the server's log has the details.")
+                    await response(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 class _GracefulServer:
