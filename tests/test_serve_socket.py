@@ -100,6 +100,49 @@ def test_serving_never_imports_tensorflow(repo):
     assert report == {"status": [200, 200], "loaded": []}
 
 
+def test_publish_and_serve_work_with_tensorflow_missing(repo, tmp_path):
+    # A serving install (`pip install 'aideploy[serve]'`) has no TensorFlow: make its
+    # imports fail as they would there, then publish an ONNX export and serve it.
+    from _serve_models import build
+
+    onnx_path = build(tmp_path / "exports" / "m.onnx")
+    script = textwrap.dedent(
+        f"""
+        import contextlib, io, json, sys, time
+        for name in ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "keras"):
+            sys.modules[name] = None  # import raises ModuleNotFoundError, as when not installed
+        from fastapi.testclient import TestClient
+        from aideploy import cli, serve
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            published = cli.main(["publish", {str(onnx_path)!r}, "--repo", {str(tmp_path / "repo")!r}, "--name", "m"])
+        try:
+            from aideploy import backend  # what training needs
+            training = "imported"
+        except Exception as error:
+            training = type(error).__name__ + ": " + str(error)
+        with TestClient(serve.create_app({str(tmp_path / "repo")!r})) as client:
+            for _ in range(600):
+                if client.get("/v2/health/ready").status_code == 200:
+                    break
+                time.sleep(0.05)
+            answer = client.post("/v2/models/m/infer", json={json.dumps(v2_request(X[:1]))})
+        print(json.dumps({{"published": published, "last": out.getvalue().splitlines()[-1],
+                          "training": training, "status": answer.status_code,
+                          "outputs": answer.json()["outputs"][0]["data"]}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["published"] == 0 and json.loads(report["last"])["version"] == 1
+    assert report["training"].startswith("ConfigError") and "aideploy[train]" in report["training"]
+    assert report["status"] == 200
+    np.testing.assert_allclose(report["outputs"], expected(X[:1]).ravel(), atol=1e-6)
+
+
 def test_serve_command_stops_on_sigterm_with_a_json_line(repo):
     port = free_port()
     child = subprocess.Popen(
