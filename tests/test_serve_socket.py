@@ -74,6 +74,35 @@ def test_running_server_reports_why_the_server_did_not_start(tmp_path):
             pass
 
 
+def test_two_workers_answer_correctly_and_metrics_count_every_process(repo):
+    rng = np.random.default_rng(3)
+    inputs = [rng.random((1, 4), dtype=np.float32) for _ in range(40)]
+
+    def send(x: np.ndarray) -> np.ndarray:
+        # A connection of its own per request, so the kernel spreads them over both workers.
+        answer = httpx.post(f"{url}/v2/models/tiny/versions/1/infer", json=v2_request(x), timeout=30)
+        assert answer.status_code == 200, answer.text
+        return np.asarray(answer.json()["outputs"][0]["data"]).reshape(1, -1)
+
+    with running_server(repo, workers=2) as url:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(send, inputs))
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    for x, y in zip(inputs, outputs):
+        np.testing.assert_allclose(y, expected(x), atol=1e-6)
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("aideploy_requests_total{") and 'model="tiny"' in line
+    )
+    assert counted == len(inputs)
+    batches = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("aideploy_batch_size_sum{"))
+    assert batches == len(inputs)  # every row ran in some worker's batch, none twice
+
+
 def test_serving_never_imports_tensorflow(repo):
     script = textwrap.dedent(
         f"""

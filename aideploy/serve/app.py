@@ -13,9 +13,13 @@ requests finish, then the batchers finish what is queued.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -25,6 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from aideploy import registry
+from aideploy.errors import ConfigError
 from aideploy.serve import images, tfserving, v2
 from aideploy.serve.server import ModelServer, ServerSettings
 
@@ -37,7 +43,12 @@ logger = logging.getLogger("aideploy.serve")
 UVICORN_OPTIONS: dict[str, Any] = {"loop": "auto", "http": "auto", "log_level": "warning", "access_log": False}
 
 
-def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(
+    repo_or_server: str | os.PathLike | ModelServer,
+    settings: ServerSettings | None = None,
+    *,
+    load_before_serving: bool = False,
+) -> FastAPI:
     """The server's ASGI application.
 
     The application's lifespan starts and stops the :class:`ModelServer`; an
@@ -47,6 +58,9 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
     Args:
         repo_or_server: A model repository folder, or a :class:`ModelServer`.
         settings: Batching and limits (when a folder is given).
+        load_before_serving: Let the lifespan's start-up wait until every model has
+            loaded (the worker processes of ``--workers`` do: a worker that accepts
+            connections only once loaded never answers 503 beside a ready one).
 
     Returns:
         The FastAPI application; ``app.state.server`` is its :class:`ModelServer`.
@@ -59,6 +73,8 @@ def create_app(repo_or_server: str | os.PathLike | ModelServer, settings: Server
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await server.start()
+        if load_before_serving:
+            await server.wait_ready(timeout=600)
         try:
             yield
         finally:
@@ -164,6 +180,7 @@ def run(
     settings: ServerSettings | None = None,
     on_started: Callable[[str], None] | None = None,
     graceful_timeout: float = 30.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Serve a model repository until interrupted (SIGINT or SIGTERM).
 
@@ -176,15 +193,22 @@ def run(
         settings: Batching and limits.
         on_started: Called with the base URL once the socket listens.
         graceful_timeout: Seconds in-flight requests get to finish on shutdown.
+        workers: Server processes sharing the port (see :func:`_run_workers`).
 
     Returns:
         What was served: ``url``, ``models`` (name to versions) and ``requests``.
 
     Raises:
         ArtifactError: The repository folder does not exist.
+        ConfigError: ``workers`` is not a whole number of at least 1.
     """
     import uvicorn
 
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}.")
+    if workers > 1:
+        return _run_workers(repo, host=host, port=port, settings=settings or ServerSettings(),
+                            on_started=on_started, graceful_timeout=graceful_timeout, workers=workers)
     server = ModelServer(repo, settings)
     app = create_app(server)
     config = uvicorn.Config(
@@ -218,3 +242,78 @@ def run(
         "models": {name: sorted(versions) for name, versions in server.models.items()},
         "requests": int(requests),
     }
+
+
+#: Environment variable that hands the worker processes their repository and settings.
+_WORKER_CONFIG = "AIDEPLOY_SERVE_WORKER_CONFIG"
+
+
+def _worker_app() -> FastAPI:
+    """The application of one ``--workers`` process (uvicorn's factory, run in each worker)."""
+    config = json.loads(os.environ[_WORKER_CONFIG])
+    return create_app(config["repo"], ServerSettings(**config["settings"]), load_before_serving=True)
+
+
+def _run_workers(
+    repo: str | os.PathLike,
+    *,
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    on_started: Callable[[str], None] | None,
+    graceful_timeout: float,
+    workers: int,
+) -> dict[str, Any]:
+    """Serve with several processes on one port: uvicorn's supervisor and its workers.
+
+    The parent binds the socket and starts ``workers`` processes that accept
+    connections from it, each with its own models and batchers (a batch holds one
+    worker's requests). A worker accepts connections once its models have loaded.
+    Metrics stay whole across processes through prometheus-client's multiprocess
+    mode: each worker writes its values to files in a folder of its own for this run,
+    and ``/metrics``, whichever worker answers, adds them all up. SIGTERM or Ctrl-C
+    stops the workers (each finishes its in-flight requests) and then the parent.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from aideploy.serve.metrics import MULTIPROCESS_DIR, total_requests
+
+    repository = registry.ModelRepository(repo)  # a missing folder fails here, before any process starts
+    metrics_dir = tempfile.mkdtemp(prefix="aideploy-metrics-")
+    saved = {name: os.environ.get(name) for name in (MULTIPROCESS_DIR, _WORKER_CONFIG)}
+    os.environ[MULTIPROCESS_DIR] = metrics_dir
+    os.environ[_WORKER_CONFIG] = json.dumps({"repo": os.fspath(repo), "settings": dataclasses.asdict(settings)})
+    try:
+        config = uvicorn.Config(
+            "aideploy.serve.app:_worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            **UVICORN_OPTIONS,
+            timeout_graceful_shutdown=graceful_timeout,
+            lifespan="on",
+        )
+        sock = config.bind_socket()
+        url = f"http://{host}:{port}"
+        supervisor = Multiprocess(config, sockets=[sock])
+        if on_started is not None:
+            on_started(url)
+        try:
+            supervisor.run()
+        finally:
+            sock.close()
+        return {
+            "url": url,
+            "models": {name: repository.versions(name) for name in repository.models()},
+            "requests": total_requests(metrics_dir),
+            "workers": workers,
+        }
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(metrics_dir, ignore_errors=True)
