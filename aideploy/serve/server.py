@@ -13,6 +13,7 @@ protocols validate requests the same way.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
@@ -210,18 +211,24 @@ class ModelServer:
                 )
                 model.batcher.start()
                 model.state = "AVAILABLE"
+        if os.environ.get("AIDEPLOY_GC_FREEZE") == "1":  # TEMPORARY A/B
+            import gc
+            gc.collect()
+            gc.freeze()
 
     def _load_one(self, name: str, version: int) -> tuple[registry.ModelVersion, Any]:
         from aideploy import runtime
 
         entry = self.repository.get(name, version)
-        path = entry.path
         if self.settings.runtime == "tflite":
             if entry.tflite_path is None:
                 raise ModelNotReadyError(f"no {registry.TFLITE_NAME} published in version {version}.")
-            path = entry.tflite_path
-        predictor = runtime.load(path, num_threads=self.settings.num_threads)
-        return entry, predictor
+            from aideploy.serve.litert import ServingLiteRT
+
+            max_batch_size = self.settings.max_batch_size or entry.max_batch_size or 1
+            return entry, ServingLiteRT(entry.tflite_path, max_batch_size=max_batch_size,
+                                        num_threads=self.settings.num_threads)
+        return entry, runtime.load(entry.path, num_threads=self.settings.num_threads)
 
     # --- lookups ----------------------------------------------------------------
 
@@ -350,6 +357,9 @@ def array_from_json(data: Any, dtype: np.dtype, what: str) -> np.ndarray:
     Raises:
         ModelInputError: Not a rectangular array of numbers that fit ``dtype``.
     """
+    fast = _floats_from_json(data, dtype)
+    if fast is not None:
+        return fast
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
@@ -364,6 +374,37 @@ def array_from_json(data: Any, dtype: np.dtype, what: str) -> np.ndarray:
             raise ModelInputError(f"{what} has values outside the range of {dtype} ({info.min}..{info.max}).")
     with np.errstate(over="ignore", invalid="ignore"):
         return raw.astype(dtype, copy=False)
+
+
+_ARRAY_TYPECODES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+
+
+def _floats_from_json(data: Any, dtype: np.dtype) -> np.ndarray | None:
+    """The common case fast: a flat list, or a list of equally long lists, of JSON numbers for a float input.
+
+    ``array.array`` converts a list of Python numbers in one C loop without the type
+    discovery ``np.asarray`` does first (a third faster for 784 values), and it refuses
+    anything that is not a number (strings, ``null``, deeper lists) with a TypeError.
+    ``None`` means "not this case": the caller's checks decide and word the error.
+    """
+    code = _ARRAY_TYPECODES.get(dtype)
+    if code is None or type(data) is not list or not data:
+        return None
+    first = data[0]
+    try:
+        if type(first) is list:
+            width = len(first)
+            if not width or type(first[0]) is bool or not all(type(row) is list and len(row) == width for row in data):
+                return None
+            flat = array.array(code)
+            for row in data:
+                flat.extend(row)
+            return np.frombuffer(flat, dtype).reshape(len(data), width)
+        if type(first) is bool:  # all-boolean data is refused by the general path
+            return None
+        return np.frombuffer(array.array(code, data), dtype)
+    except (TypeError, OverflowError):
+        return None
 
 
 def check_input(model: ServedModel, array: np.ndarray, what: str) -> np.ndarray:
