@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -212,12 +211,6 @@ class ModelServer:
                 )
                 model.batcher.start()
                 model.state = "AVAILABLE"
-        # Everything loaded so far (the libraries, the models) lives as long as the server:
-        # move it out of the garbage collector's generations, so that the full collections
-        # that a steady stream of requests triggers do not walk it each time (they showed
-        # as a p99 tail; benchmarks/README.md has the measurement).
-        gc.collect()
-        gc.freeze()
 
     def _load_one(self, name: str, version: int) -> tuple[registry.ModelVersion, Any]:
         from aideploy import runtime
