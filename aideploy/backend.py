@@ -15,12 +15,21 @@ import tf, keras``) rather than directly, for two reasons:
 
 from __future__ import annotations
 
+from aideploy.errors import ConfigError
 from aideploy.quiet import native_stderr_silenced
 
-with native_stderr_silenced():
-    import tensorflow as tf
-    import tf_keras as keras
+try:
+    with native_stderr_silenced():
+        import tensorflow as tf
+        import tf_keras as keras
+except ModuleNotFoundError as missing:
+    # A serving install (`pip install 'aideploy[serve]'`) has no TensorFlow on purpose.
+    raise ConfigError(
+        f"this step needs TensorFlow ({missing.name} is not installed): install the training stack "
+        "with pip install 'aideploy[train]'. Serving and publishing an ONNX model do not need it."
+    ) from None
 
+with native_stderr_silenced():
     # Creating the first tensor initialises the devices; on machines without a
     # GPU that logs a CUDA error, which is noise here.
     tf.constant(0)

@@ -331,6 +331,18 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--runtime", choices=("onnxruntime", "tflite"), default="onnxruntime", help="model runtime")
     parser.add_argument(
+        "--workers", type=_positive_int, default=1,
+        help="server processes sharing the port, each with its own models and batching (default: 1)",
+    )
+    parser.add_argument(
+        "--num-threads", type=_positive_int, default=None,
+        help="threads one model call may use (ONNX Runtime intra-op, LiteRT; default: the runtime's)",
+    )
+    parser.add_argument(
+        "--inline-below-ms", type=float, default=1.0,
+        help="run a batch on the event loop when its measured model call is shorter (default: 1; 0: never)",
+    )
+    parser.add_argument(
         "--log-db", default=None,
         help="prediction log file (SQLite; default: <artifacts>/monitoring/predictions.db), see aideploy.monitor",
     )
@@ -344,8 +356,13 @@ def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
 
     log_db = None if args.no_log else (args.log_db or str(config.artifacts_dir() / "monitoring" / "predictions.db"))
     settings = serve.ServerSettings(
-        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, runtime=args.runtime,
-        log_db=log_db, monitor_window=args.monitor_window,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        runtime=args.runtime,
+        num_threads=args.num_threads,
+        inline_below_ms=args.inline_below_ms,
+        log_db=log_db,
+        monitor_window=args.monitor_window,
     )
     print(f"Serving {args.repo}...", flush=True)
     return serve.run(
@@ -353,6 +370,7 @@ def _run_serve(args: argparse.Namespace) -> dict[str, Any]:
         host=args.host,
         port=args.port,
         settings=settings,
+        workers=args.workers,
         on_started=lambda url: print(f"Listening on {url} (Ctrl-C to stop)", flush=True),
     )
 

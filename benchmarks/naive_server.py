@@ -6,6 +6,9 @@ Started by ``benchmarks/serving.py`` as child processes, each on its own loopbac
   request model (``{"data": [[...784 floats]]}``) and one ``session.run`` per request.
 - ``echo``: a bare JSON echo route on the same stack (FastAPI + uvicorn): it answers
   the request body unchanged. No server on this stack answers faster: the HTTP limit.
+- ``echo-json``: the HTTP+JSON limit of aideploy's own request path: the same FastAPI
+  subclass and direct dispatch as its inference routes, its body reader, and orjson
+  parsing the body and serialising it back.
 - ``aideploy``: ``aideploy.serve.run`` on a model repository (what ``aideploy serve`` runs),
   with the ONNX Runtime thread count given here.
 
@@ -74,10 +77,41 @@ def echo_app() -> Any:
     return app
 
 
+def echo_json_app() -> Any:
+    """A JSON echo as lean as aideploy's inference routes: parse the body, answer it as JSON.
+
+    The same request path as ``aideploy serve``'s ``infer`` (its FastAPI subclass that
+    dispatches hot POST routes directly, its body reader, orjson both ways), minus the
+    model: the HTTP+JSON limit of that path.
+    """
+    import orjson
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from aideploy.serve.app import _InferenceFastPathApp
+    from aideploy.serve.server import read_body
+
+    async def echo(request: Request) -> Response:
+        payload = orjson.loads(await read_body(request, 16 * 1024 * 1024))
+        return Response(orjson.dumps(payload), media_type="application/json")
+
+    app = _InferenceFastPathApp()
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ready": True}
+
+    route = Route("/echo-json", echo, methods=["POST"])
+    app.router.routes.append(route)
+    app.set_hot_routes([route])
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one of the servers until SIGTERM or Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("naive", "echo", "aideploy"))
+    parser.add_argument("kind", choices=("naive", "echo", "echo-json", "aideploy"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", help="the .onnx file (naive)")
     parser.add_argument("--repo", help="the model repository (aideploy)")
@@ -97,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    app = naive_app(args.model, args.threads) if args.kind == "naive" else echo_app()
+    apps = {"naive": lambda: naive_app(args.model, args.threads), "echo": echo_app, "echo-json": echo_json_app}
+    app = apps[args.kind]()
     uvicorn.run(app, host="127.0.0.1", port=args.port, **UVICORN_OPTIONS)
     return 0
 

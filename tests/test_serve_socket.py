@@ -74,6 +74,35 @@ def test_running_server_reports_why_the_server_did_not_start(tmp_path):
             pass
 
 
+def test_two_workers_answer_correctly_and_metrics_count_every_process(repo):
+    rng = np.random.default_rng(3)
+    inputs = [rng.random((1, 4), dtype=np.float32) for _ in range(40)]
+
+    def send(x: np.ndarray) -> np.ndarray:
+        # A connection of its own per request, so the kernel spreads them over both workers.
+        answer = httpx.post(f"{url}/v2/models/tiny/versions/1/infer", json=v2_request(x), timeout=30)
+        assert answer.status_code == 200, answer.text
+        return np.asarray(answer.json()["outputs"][0]["data"]).reshape(1, -1)
+
+    with running_server(repo, workers=2) as url:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(send, inputs))
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    for x, y in zip(inputs, outputs):
+        np.testing.assert_allclose(y, expected(x), atol=1e-6)
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("aideploy_requests_total{") and 'model="tiny"' in line
+    )
+    assert counted == len(inputs)
+    batches = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("aideploy_batch_size_sum{"))
+    assert batches == len(inputs)  # every row ran in some worker's batch, none twice
+
+
 def test_serving_never_imports_tensorflow(repo):
     script = textwrap.dedent(
         f"""
@@ -98,6 +127,49 @@ def test_serving_never_imports_tensorflow(repo):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"status": [200, 200], "loaded": []}
+
+
+def test_publish_and_serve_work_with_tensorflow_missing(repo, tmp_path):
+    # A serving install (`pip install 'aideploy[serve]'`) has no TensorFlow: make its
+    # imports fail as they would there, then publish an ONNX export and serve it.
+    from _serve_models import build
+
+    onnx_path = build(tmp_path / "exports" / "m.onnx")
+    script = textwrap.dedent(
+        f"""
+        import contextlib, io, json, sys, time
+        for name in ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "keras"):
+            sys.modules[name] = None  # import raises ModuleNotFoundError, as when not installed
+        from fastapi.testclient import TestClient
+        from aideploy import cli, serve
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            published = cli.main(["publish", {str(onnx_path)!r}, "--repo", {str(tmp_path / "repo")!r}, "--name", "m"])
+        try:
+            from aideploy import backend  # what training needs
+            training = "imported"
+        except Exception as error:
+            training = type(error).__name__ + ": " + str(error)
+        with TestClient(serve.create_app({str(tmp_path / "repo")!r})) as client:
+            for _ in range(600):
+                if client.get("/v2/health/ready").status_code == 200:
+                    break
+                time.sleep(0.05)
+            answer = client.post("/v2/models/m/infer", json={json.dumps(v2_request(X[:1]))})
+        print(json.dumps({{"published": published, "last": out.getvalue().splitlines()[-1],
+                          "training": training, "status": answer.status_code,
+                          "outputs": answer.json()["outputs"][0]["data"]}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["published"] == 0 and json.loads(report["last"])["version"] == 1
+    assert report["training"].startswith("ConfigError") and "aideploy[train]" in report["training"]
+    assert report["status"] == 200
+    np.testing.assert_allclose(report["outputs"], expected(X[:1]).ravel(), atol=1e-6)
 
 
 def test_serve_command_stops_on_sigterm_with_a_json_line(repo):

@@ -12,7 +12,8 @@ Parts: :mod:`~aideploy.serve.server` (models, readiness, shared checks),
 :mod:`~aideploy.serve.v2` and :mod:`~aideploy.serve.tfserving` (one module a
 protocol), :mod:`~aideploy.serve.batching`, :mod:`~aideploy.serve.metrics`,
 :mod:`~aideploy.serve.monitoring` (delayed labels, alerts and drift windows of the
-prediction log, see :mod:`aideploy.monitor`), :mod:`~aideploy.serve.app` (the ASGI app and ``run``) and
+prediction log, see :mod:`aideploy.monitor`), :mod:`~aideploy.serve.litert` (LiteRT with batch
+buckets allocated once), :mod:`~aideploy.serve.app` (the ASGI app and ``run``, ``--workers``) and
 :mod:`~aideploy.serve.process` (:func:`running_server`, for notebooks and tests).
 """
 

@@ -31,12 +31,18 @@ model is counted under model ``_unknown``, so clients cannot grow the label set.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aideploy.serve.batching import BatchStats
+
+#: prometheus-client's multiprocess mode: when this environment variable names a folder
+#: (``aideploy serve --workers N`` sets it for its workers), every process writes its
+#: values there and ``/metrics`` adds up all processes' values.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Label value for requests whose model name is not in the repository.
 UNKNOWN_MODEL = "_unknown"
@@ -93,8 +99,12 @@ class ServerMetrics:
         )
         self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.inflight = Gauge(
-            "aideploy_inflight_requests", "Inference requests being handled now.", registry=self.registry
+            "aideploy_inflight_requests",
+            "Inference requests being handled now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # with several workers: the sum over the live ones
         )
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
 
     def record_request(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
         """Count one finished inference request and its duration.
@@ -132,5 +142,21 @@ class ServerMetrics:
         return record
 
     def render(self) -> bytes:
-        """The metrics in Prometheus's text format."""
+        """The metrics in Prometheus's text format (every worker's, in multiprocess mode)."""
+        if self.multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined)
+            return generate_latest(combined)
         return generate_latest(self.registry)
+
+
+def total_requests(multiprocess_dir: str | os.PathLike) -> int:
+    """Inference requests counted by all the processes that wrote to a multiprocess folder."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=os.fspath(multiprocess_dir))
+    return int(sum(sample.value for metric in combined.collect() if metric.name == "aideploy_requests"
+                   for sample in metric.samples if sample.name.endswith("_total")))

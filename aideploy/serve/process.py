@@ -43,6 +43,8 @@ def running_server(
     port: int | None = None,
     max_batch_size: int | None = None,
     max_queue_delay_ms: float | None = None,
+    workers: int = 1,
+    runtime: str | None = None,
     startup_timeout: float = 120.0,
     stop_timeout: float = 30.0,
     extra_args: Sequence[str] = (),
@@ -59,6 +61,8 @@ def running_server(
         port: The port (default: a free one).
         max_batch_size: ``--max-batch-size`` (default: each model's config).
         max_queue_delay_ms: ``--max-queue-delay-ms``.
+        workers: ``--workers`` (server processes on the port; each answers once its models loaded).
+        runtime: ``--runtime`` (``onnxruntime`` or ``tflite``; default: ONNX Runtime).
         startup_timeout: Seconds to wait for readiness.
         stop_timeout: Seconds to wait after SIGTERM before killing it.
         extra_args: More ``aideploy serve`` options, e.g. ``["--log-db", path]``.
@@ -75,6 +79,10 @@ def running_server(
         command += ["--max-batch-size", str(max_batch_size)]
     if max_queue_delay_ms is not None:
         command += ["--max-queue-delay-ms", str(max_queue_delay_ms)]
+    if workers != 1:
+        command += ["--workers", str(workers)]
+    if runtime is not None:
+        command += ["--runtime", runtime]
     command += list(extra_args)
     url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="aideploy-serve-") as folder:

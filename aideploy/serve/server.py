@@ -13,6 +13,7 @@ protocols validate requests the same way.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import itertools
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from aideploy import registry
@@ -242,13 +243,15 @@ class ModelServer:
         from aideploy import runtime
 
         entry = self.repository.get(name, version)
-        path = entry.path
         if self.settings.runtime == "tflite":
             if entry.tflite_path is None:
                 raise ModelNotReadyError(f"no {registry.TFLITE_NAME} published in version {version}.")
-            path = entry.tflite_path
-        predictor = runtime.load(path, num_threads=self.settings.num_threads)
-        return entry, predictor
+            from aideploy.serve.litert import ServingLiteRT
+
+            max_batch_size = self.settings.max_batch_size or entry.max_batch_size or 1
+            return entry, ServingLiteRT(entry.tflite_path, max_batch_size=max_batch_size,
+                                        num_threads=self.settings.num_threads)
+        return entry, runtime.load(entry.path, num_threads=self.settings.num_threads)
 
     def _watch(self, entry: registry.ModelVersion) -> None:
         from aideploy.monitor import profile
@@ -337,9 +340,16 @@ class ModelServer:
                                     time.perf_counter() - started)
         return response
 
-    def datatype(self, dtype: str) -> str:
-        """The V2 datatype (``FP32``) of a NumPy dtype name."""
-        return registry.DATATYPES[dtype][1]
+    def datatype(self, dtype: str | np.dtype) -> str:
+        """The V2 datatype (``FP32``) of a NumPy dtype or its name."""
+        # Keyed by dtype objects too: str(dtype) costs microseconds on every answer.
+        return _V2_DATATYPES[dtype]
+
+
+_V2_DATATYPES: dict[Any, str] = {
+    **{name: v2 for name, (_, v2) in registry.DATATYPES.items()},
+    **{np.dtype(name): v2 for name, (_, v2) in registry.DATATYPES.items()},
+}
 
 
 # --- request helpers shared by the protocols ------------------------------------------
@@ -354,13 +364,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes.")
+    # The ASGI messages themselves, not request.stream(): an async generator per request
+    # costs more than the usual one or two messages a body comes in.
+    receive = request.receive
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"request body is over the limit of {limit:,} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -388,6 +406,9 @@ def array_from_json(data: Any, dtype: np.dtype, what: str) -> np.ndarray:
     Raises:
         ModelInputError: Not a rectangular array of numbers that fit ``dtype``.
     """
+    fast = _floats_from_json(data, dtype)
+    if fast is not None:
+        return fast
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
@@ -404,6 +425,37 @@ def array_from_json(data: Any, dtype: np.dtype, what: str) -> np.ndarray:
         return raw.astype(dtype, copy=False)
 
 
+_ARRAY_TYPECODES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+
+
+def _floats_from_json(data: Any, dtype: np.dtype) -> np.ndarray | None:
+    """The common case fast: a flat list, or a list of equally long lists, of JSON numbers for a float input.
+
+    ``array.array`` converts a list of Python numbers in one C loop without the type
+    discovery ``np.asarray`` does first (a third faster for 784 values), and it refuses
+    anything that is not a number (strings, ``null``, deeper lists) with a TypeError.
+    ``None`` means "not this case": the caller's checks decide and word the error.
+    """
+    code = _ARRAY_TYPECODES.get(dtype)
+    if code is None or type(data) is not list or not data:
+        return None
+    first = data[0]
+    try:
+        if type(first) is list:
+            width = len(first)
+            if not width or type(first[0]) is bool or not all(type(row) is list and len(row) == width for row in data):
+                return None
+            flat = array.array(code)
+            for row in data:
+                flat.extend(row)
+            return np.frombuffer(flat, dtype).reshape(len(data), width)
+        if type(first) is bool:  # all-boolean data is refused by the general path
+            return None
+        return np.frombuffer(array.array(code, data), dtype)
+    except (TypeError, OverflowError):
+        return None
+
+
 def check_input(model: ServedModel, array: np.ndarray, what: str) -> np.ndarray:
     """Check an input array against the model's input: rank, fixed dimensions, rows, finite values.
 
@@ -414,8 +466,8 @@ def check_input(model: ServedModel, array: np.ndarray, what: str) -> np.ndarray:
         ModelInputError: It does not fit the model.
     """
     expected = model.predictor.input.shape
-    shown = "[" + ", ".join("-1" if d is None else str(d) for d in expected) + "]"
     if array.ndim != len(expected) or any(d is not None and d != n for d, n in zip(expected[1:], array.shape[1:])):
+        shown = "[" + ", ".join("-1" if d is None else str(d) for d in expected) + "]"
         raise ModelInputError(
             f"{what} has shape {list(array.shape)}, but model {model.name!r} expects {shown} "
             "(-1: any size, the first axis is the batch)."

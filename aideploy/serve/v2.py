@@ -178,7 +178,7 @@ async def _infer(server: ModelServer, model: ServedModel, request: Request) -> R
     response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if request_id is not None:
         response["id"] = request_id
-    datatype = server.datatype(str(y.dtype))
+    datatype = server.datatype(y.dtype)
     chunks = []
     outputs = []
     for name, as_binary in wanted:
