@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import signal
 import sqlite3
@@ -40,6 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import serving  # noqa: E402  (the serving benchmark's model, requests and load generator)
+
+from aideploy.bench import cpu_model  # noqa: E402
 
 TARGET_RATIO = 0.85
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     median = {setting: statistics.median(r["rps"] for r in runs) for setting, runs in results.items()}
     ratio = median["on"] / median["off"]
     print()
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; "
           f"Python client, {args.client_processes} processes; {args.rounds} rounds of {args.requests:,} "
           f"V2 JSON batch-1 requests at concurrency {args.concurrency}")
     print("| prediction log | median requests/s | rounds' range | p50 ms | p99 ms |")
