@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -45,44 +42,17 @@ from aideploy.bench import cpu_model  # noqa: E402
 TARGET_RATIO = 0.85
 
 
-class Served:
+class Served(serving.ChildServer):
     """``aideploy serve`` in a child process, stopped by pid."""
 
     def __init__(self, repo: Path, log_dir: Path, *options: str) -> None:
-        self.port = serving.free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-m", "aideploy.cli", "serve", str(repo), "--port", str(self.port), *options]
-        self.log = log_dir / f"serve-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server not ready after 120 s: {self.log.read_text()[-2000:]}")
+        port = serving.free_port()
+        command = [sys.executable, "-m", "aideploy.cli", "serve", str(repo), "--port", str(port), *options]
+        super().__init__(command, port, log_dir / f"serve-{port}.log", "/v2/health/ready", "aideploy")
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-        return sum(float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        return sum(float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", self.get("/metrics"),
+                                                           re.MULTILINE))
 
 
 def main(argv: list[str] | None = None) -> int:

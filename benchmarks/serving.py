@@ -138,25 +138,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """One server child process (``benchmarks/naive_server.py KIND``), stopped by pid."""
+class ChildServer:
+    """A server child process on a loopback port: started, waited for, stopped by pid.
 
-    def __init__(self, kind: str, threads: int, *, model: Path, repo: Path, log_dir: Path,
-                 extra: tuple[str, ...] = ()) -> None:
-        self.kind, self.port = kind, free_port()
-        command = [sys.executable, str(HERE / "naive_server.py"), kind, "--port", str(self.port),
-                   "--threads", str(threads)]
-        command += ["--repo", str(repo), *extra] if kind == "aideploy" else ["--model", str(model)]
+    Args:
+        command: The command line; it must listen on ``port``.
+        port: The loopback port it listens on.
+        log: Where its output goes.
+        health: A path that answers 200 once it is ready.
+        what: Its name in error messages.
+    """
+
+    def __init__(self, command: list[str], port: int, log: Path, health: str, what: str) -> None:
+        self.port, self.log = port, log
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.log = log_dir / f"{kind}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env)
-        health = "/v2/health/ready" if kind == "aideploy" else "/health"
+        with open(self.log, "wb") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{kind} server exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{what} server exited: {self.log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{health}", timeout=2) as answer:
                     if answer.status == 200:
@@ -165,7 +167,7 @@ class Server:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{kind} server not ready after 120 s: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"{what} server not ready after 120 s: {self.log.read_text()[-2000:]}")
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as answer:
@@ -185,6 +187,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+
+
+class Server(ChildServer):
+    """One server child process (``benchmarks/naive_server.py KIND``), stopped by pid."""
+
+    def __init__(self, kind: str, threads: int, *, model: Path, repo: Path, log_dir: Path,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        port = free_port()
+        command = [sys.executable, str(HERE / "naive_server.py"), kind, "--port", str(port),
+                   "--threads", str(threads)]
+        command += ["--repo", str(repo), *extra] if kind == "aideploy" else ["--model", str(model)]
+        health = "/v2/health/ready" if kind == "aideploy" else "/health"
+        super().__init__(command, port, log_dir / f"{kind}.log", health, kind)
 
 
 # --- load generators -------------------------------------------------------------------
