@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,15 @@ def build_image_model(path: Path) -> Path:
         extra={"format": "onnx"},
     )
     return path
+
+
+def wait_until_ready(client: httpx.Client, attempts: int = 2400) -> None:
+    """Poll ``/v2/health/ready`` of a server just started (about two minutes on a slow machine)."""
+    for _ in range(attempts):
+        try:
+            if client.get("/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{client.base_url} not ready after {attempts * 0.05:.0f} s")

@@ -15,7 +15,14 @@ import time
 import httpx
 import numpy as np
 import pytest
-from _serve_models import build_image_model, expected, publish_tiny_repository, serving, v2_request
+from _serve_models import (
+    build_image_model,
+    expected,
+    publish_tiny_repository,
+    serving,
+    v2_request,
+    wait_until_ready,
+)
 
 from aideploy import registry
 from aideploy.monitor import profile
@@ -151,13 +158,7 @@ def test_killing_the_server_loses_no_committed_row(repo, tmp_path):
 
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
-            for _ in range(2400):
-                try:
-                    if client.get("/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
+            wait_until_ready(client)
             workers = [threading.Thread(target=load) for _ in range(4)]
             for worker in workers:
                 worker.start()

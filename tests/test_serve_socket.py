@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx
 import numpy as np
 import orjson
 import pytest
-from _serve_models import expected, publish_tiny_repository, v2_request
+from _serve_models import expected, publish_tiny_repository, v2_request, wait_until_ready
 
 from aideploy.errors import ModelNotReadyError
 from aideploy.serve import running_server
@@ -183,13 +182,7 @@ def test_serve_command_stops_on_sigterm_with_a_json_line(repo):
     try:
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(2400):  # up to about two minutes for the start on a slow machine
-                try:
-                    if client.get("/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
+            wait_until_ready(client)
             for _ in range(3):
                 assert client.post("/v2/models/tiny/infer", json=v2_request(X)).status_code == 200
         child.send_signal(signal.SIGTERM)
