@@ -399,6 +399,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def array_from_json(data: Any, dtype: np.dtype, what: str) -> np.ndarray:
     """A (nested) JSON list of numbers as an array of ``dtype``, checked value by value.
 
+    ``data`` may also hold NumPy arrays where :func:`~aideploy.serve.tensor_json.parse_tensor_json`
+    read long arrays of numbers straight into them (a whole ``int64`` / ``float64`` array,
+    or a list of such rows).
+
     Floats are refused for integer inputs (rather than silently truncated),
     integers out of the dtype's range are refused, and floating inputs must
     be finite.
@@ -440,6 +444,8 @@ def _floats_from_json(data: Any, dtype: np.dtype) -> np.ndarray | None:
     if code is None or type(data) is not list or not data:
         return None
     first = data[0]
+    if type(first) is np.ndarray:  # rows parse_tensor_json already read: np.asarray stacks them
+        return None
     try:
         if type(first) is list:
             width = len(first)

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aideploy.errors import ModelInputError
-from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, parse_json, read_body
+from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, read_body
+from aideploy.serve.tensor_json import parse_tensor_json
 from aideploy.serve.v2 import REQUEST_ID_HEADER, answer, error_response, json_response
 
 PROTOCOL = "tfserving"
@@ -145,7 +146,7 @@ def _metadata(model: ServedModel) -> Response:
 
 async def _predict(server: ModelServer, model: ServedModel, request: Request) -> Response:
     started = time.perf_counter()
-    payload = parse_json(await read_body(request, server.settings.max_body_bytes))
+    payload = parse_tensor_json(await read_body(request, server.settings.max_body_bytes))
     signature_name = payload.get("signature_name", SIGNATURE_NAME)
     if signature_name != SIGNATURE_NAME:
         raise ModelInputError(f"unknown signature_name {signature_name!r}: the model has {SIGNATURE_NAME!r}.")
@@ -155,9 +156,9 @@ async def _predict(server: ModelServer, model: ServedModel, request: Request) ->
         raise ModelInputError('the request must have exactly one of "instances" (row format) or "inputs" (columnar).')
     if has_instances:
         instances = payload["instances"]
-        if not isinstance(instances, list) or not instances:
+        if not isinstance(instances, (list, np.ndarray)) or not len(instances):
             raise ModelInputError('"instances" must be a non-empty list, one entry an example.')
-        if any(isinstance(item, dict) for item in instances):
+        if isinstance(instances, list) and any(isinstance(item, dict) for item in instances):
             if not all(isinstance(item, dict) and set(item) == {input_name} for item in instances):
                 raise ModelInputError(
                     f"each instance must be a value or an object with exactly the key {input_name!r}."

@@ -38,7 +38,8 @@ from starlette.responses import Response
 
 import aideploy
 from aideploy.errors import ModelInputError
-from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, parse_json, read_body
+from aideploy.serve.server import ModelServer, ServedModel, array_from_json, check_input, read_body
+from aideploy.serve.tensor_json import parse_tensor_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: The header that carries a request's id in the answers of the protocols without an ``id``
@@ -166,7 +167,7 @@ async def _infer(server: ModelServer, model: ServedModel, request: Request) -> R
                 f"(0..{len(body)}), got {header_text!r}."
             )
         header, binary = body[: int(header_text)], body[int(header_text) :]
-    payload = parse_json(header)
+    payload = parse_tensor_json(header)
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ModelInputError(f'"id" must be a string, got {type(request_id).__name__}.')
