@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aideploy-bench-monitor-") as folder:
         work = Path(folder)
         _, repo = serving.build_model(work)
-        request = serving.requests_for(np.random.default_rng(0).random((1, 784), dtype=np.float32))["v2-json"]
+        request = serving.requests_for(serving.test_images(1))["v2-json"]
         db = work / "predictions.db"
         servers = {"off": Served(repo, work, "--no-log"), "on": Served(repo, work, "--log-db", str(db))}
         results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}

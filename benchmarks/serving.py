@@ -10,7 +10,9 @@ seed, no TensorFlow), one run, batch-1 requests at concurrency 1, 8, 32 and 64, 
   with orjson and answering it as JSON, no model (the HTTP+JSON limit).
 
 Every server is a child process with the same uvicorn options and ONNX Runtime threads,
-bound to 127.0.0.1, and is killed (by pid) at the end. The load comes from another
+bound to 127.0.0.1, and is killed (by pid) at the end. All of them run for the whole
+benchmark; each of ``--rounds`` rounds measures every point once, in a freshly shuffled
+order, and the table shows the medians. Requests carry real Fashion-MNIST test images. The load comes from another
 process: ``wrk`` when installed, else Python client processes (raw HTTP/1.1 keep-alive
 connections over asyncio). Prints requests/s, p50, p99 and the ratios, the CPU and the
 thread settings, checks the issue's targets at concurrency 32, and exits 1 if one is missed.
@@ -30,6 +32,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -102,6 +105,18 @@ def build_model(folder: Path) -> tuple[Path, Path]:
 
 
 # --- requests --------------------------------------------------------------------------
+
+
+def test_images(count: int) -> np.ndarray:
+    """The first ``count`` Fashion-MNIST test images as the MLP takes them: (count, 784) float32 in [0, 1].
+
+    Requests carry real images: pixel noise would put a 17-digit number in every pixel,
+    where a real image has about half its pixels at 0 (``0.0`` in JSON).
+    """
+    from aideploy import data
+
+    return data.preprocess(data.load_fashion_mnist().x_test[:count], "mlp")
+
 
 
 def requests_for(x: np.ndarray) -> dict[str, tuple[str, bytes, dict[str, str]]]:
@@ -314,7 +329,7 @@ CONTENDERS = (  # (row label, server kind, request)
 
 
 
-def settings_line(generator: str, threads: int, seconds: float) -> str:
+def settings_line(generator: str, threads: int, seconds: float, rounds: int) -> str:
     import uvicorn
 
     from aideploy.serve.app import UVICORN_OPTIONS
@@ -334,13 +349,12 @@ def settings_line(generator: str, threads: int, seconds: float) -> str:
 
     return (f"CPU: {cpu_model()} ({os.cpu_count()} logical cores) | uvicorn {uvicorn.__version__}, one worker, "
             f"loop={loop}, http={http}, access log off | ONNX Runtime intra-op threads={threads} | "
-            f"load: {generator}, {seconds:g} s a point after a 1 s warm-up, batch-1 requests")
+            f"load: {generator}, batch-1 requests | {rounds} rounds of {seconds:g} s a point, each round "
+            f"in a shuffled order, after a 1 s warm-up; medians over the rounds")
 
 
 def run_benchmark(args: argparse.Namespace, work: Path, model: Path, repo: Path) -> int:
-    rng = np.random.default_rng(1)
-    x = rng.random((1, 784), dtype=np.float32)
-    requests = requests_for(x)
+    requests = requests_for(test_images(1))
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     generator = "wrk -t1 (separate process)" if use_wrk else f"{args.client_processes} Python client processes"
 
@@ -349,27 +363,37 @@ def run_benchmark(args: argparse.Namespace, work: Path, model: Path, repo: Path)
             return load_wrk(port, request, concurrency, seconds, work)
         return load_python(port, request, concurrency, seconds, processes=args.client_processes)
 
-    results: dict[tuple[str, int], dict[str, float]] = {}
-    for kind in ("aideploy", "naive", "echo", "echo-json"):
-        extra = () if args.inline_below_ms is None else ("--inline-below-ms", str(args.inline_below_ms))
-        server = Server(kind, args.threads, model=model, repo=repo, log_dir=work, extra=extra)
-        try:
-            for label, server_kind, request_key in CONTENDERS:
-                if server_kind != kind:
-                    continue
-                for concurrency in args.concurrency:
-                    load(server.port, requests[request_key], concurrency, 1.0)  # warm-up
-                    results[label, concurrency] = load(server.port, requests[request_key], concurrency, args.seconds)
-                    print(f"  {label:26s} c={concurrency:<3d} {results[label, concurrency]['rps']:8.0f} req/s",
-                          flush=True)
-            if kind == "aideploy":
-                batch_line = [line for line in server.get("/metrics").splitlines()
-                              if line.startswith("aideploy_batch_size_") and not line.startswith("#")]
-        finally:
+    # Every server runs for the whole benchmark (an idle one costs nothing), and each round
+    # measures every contender once at each concurrency, in a freshly shuffled order: a
+    # machine that is busier in one stretch of the run, or a server still warming up,
+    # cannot favour whoever happens to come first.
+    extra = () if args.inline_below_ms is None else ("--inline-below-ms", str(args.inline_below_ms))
+    servers: dict[str, Server] = {}
+    rounds: dict[tuple[str, int], list[dict[str, float]]] = {}
+    order = random.Random(args.seed)
+    try:
+        for kind in ("aideploy", "naive", "echo", "echo-json"):
+            servers[kind] = Server(kind, args.threads, model=model, repo=repo, log_dir=work, extra=extra)
+        for round_index in range(args.rounds):
+            points = [(label, kind, key, c) for label, kind, key in CONTENDERS for c in args.concurrency]
+            order.shuffle(points)
+            print(f"round {round_index + 1} of {args.rounds}", flush=True)
+            for label, kind, request_key, concurrency in points:
+                port = servers[kind].port
+                if round_index == 0:
+                    load(port, requests[request_key], concurrency, 1.0)  # warm-up
+                result = load(port, requests[request_key], concurrency, args.seconds)
+                rounds.setdefault((label, concurrency), []).append(result)
+                print(f"  {label:26s} c={concurrency:<3d} {result['rps']:8.0f} req/s", flush=True)
+        batch_line = [line for line in servers["aideploy"].get("/metrics").splitlines()
+                      if line.startswith("aideploy_batch_size_") and not line.startswith("#")]
+    finally:
+        for server in servers.values():
             server.stop()
+    results = {point: _median_result(measured) for point, measured in rounds.items()}
 
     print()
-    print(settings_line(generator, args.threads, args.seconds))
+    print(settings_line(generator, args.threads, args.seconds, args.rounds))
     header = (f"{'server':26s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'x naive':>8s} "
               f"{'% echo':>7s} {'% echoJ':>7s} {'non-2xx':>7s}")
     print(header)
@@ -403,6 +427,9 @@ def run_benchmark(args: argparse.Namespace, work: Path, model: Path, repo: Path)
             print(f"  {label:26s} {r['rps'] / naive['rps']:.2f}x naive, {100 * r['rps'] / echo['rps']:.0f}% of echo "
                   f"({100 * r['rps'] / echo_json['rps']:.0f}% of the JSON echo), "
                   f"p99 {r['p99']:.1f} vs {naive['p99']:.1f} ms: {verdict}")
+            shares = [100 * mine["rps"] / theirs["rps"] for mine, theirs in
+                      zip(rounds[label, TARGET_CONCURRENCY], rounds["echo (HTTP limit)", TARGET_CONCURRENCY])]
+            print(f"  {'':26s} % of echo round by round: {', '.join(f'{share:.0f}%' for share in shares)}")
             if not all(checks):
                 failures.append(label)
     if any(r["non2xx"] + r["errors"] for r in results.values()):
@@ -411,10 +438,18 @@ def run_benchmark(args: argparse.Namespace, work: Path, model: Path, repo: Path)
     return 1 if failures else 0
 
 
+def _median_result(measured: list[dict[str, float]]) -> dict[str, float]:
+    """One point's rounds as one: the median of each figure, and every non-2xx answer and error counted."""
+    return {"rps": float(np.median([r["rps"] for r in measured])),
+            "p50": float(np.median([r["p50"] for r in measured])),
+            "p99": float(np.median([r["p99"] for r in measured])),
+            "requests": int(sum(r["requests"] for r in measured)),
+            "non2xx": int(sum(r["non2xx"] for r in measured)), "errors": int(sum(r["errors"] for r in measured))}
+
+
 def run_soak(args: argparse.Namespace, work: Path, repo: Path) -> int:
     """10,000 valid V2 JSON requests at concurrency 64, in rounds of 1,000."""
-    rng = np.random.default_rng(2)
-    request = requests_for(rng.random((1, 784), dtype=np.float32))["v2-json"]
+    request = requests_for(test_images(2)[1:])["v2-json"]
     server = Server("aideploy", args.threads, model=Path(), repo=repo, log_dir=work)
     try:
         rss, non2xx, sent = [], 0, 0
@@ -443,7 +478,9 @@ def run_soak(args: argparse.Namespace, work: Path, repo: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serving benchmark (see benchmarks/README.md).")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds a point (default: 5)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds a point a round (default: 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each in a shuffled order (default: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled orders")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
     parser.add_argument("--inline-below-ms", type=float, default=None,
