@@ -287,3 +287,42 @@ def test_two_processes_worth_of_monitors_share_one_log(reference_data, tmp_path)
         (rows,) = connection.execute("SELECT COUNT(DISTINCT request_id) FROM predictions").fetchone()
         windows = connection.execute("SELECT first_id, last_id FROM windows ORDER BY first_id").fetchall()
     assert rows == 400 and windows == [(1, 100), (101, 200), (201, 300), (301, 400)]
+
+
+def test_the_writer_process_ends_with_the_log_and_a_dead_one_is_replaced(tmp_path):
+    """Rows of a batch the writer process could not take are counted as dropped; the next batch is written."""
+    prediction_log = log.PredictionLog(tmp_path / "log.db")
+    x, y = np.zeros((1, 4), np.float32), np.array([[0.1, 0.8, 0.1]], np.float32)
+    prediction_log.record("m", "1", "before", x, y, 0.001)
+    assert prediction_log.flush(30) and prediction_log.committed == 1
+    first_writer = prediction_log._writer
+    first_writer.kill()
+    first_writer.wait(10)
+    prediction_log.record("m", "1", "lost", x, y, 0.001)
+    assert prediction_log.flush(30)
+    assert (prediction_log.committed, prediction_log.dropped) == (1, 1)
+    prediction_log.record("m", "1", "after", x, y, 0.001)
+    assert prediction_log.flush(30)
+    prediction_log.close()
+    assert prediction_log._writer is not first_writer and prediction_log._writer.returncode == 0
+    assert (prediction_log.committed, prediction_log.dropped) == (2, 1)
+    with sqlite3.connect(tmp_path / "log.db") as connection:
+        ids = [row[0] for row in connection.execute("SELECT request_id FROM predictions ORDER BY id")]
+    assert ids == ["before", "after"]
+
+
+def test_the_log_works_from_code_read_on_stdin(tmp_path):
+    """The writer process is a fresh interpreter that does not re-run the main script (there is none here)."""
+    code = f"""
+import numpy as np
+from aideploy.monitor.log import PredictionLog
+prediction_log = PredictionLog({str(tmp_path / "log.db")!r})
+for index in range(300):
+    prediction_log.record("m", "1", f"r{{index}}", np.random.rand(2, 784).astype(np.float32),
+                          np.full((2, 10), 0.1, np.float32), 0.001)
+prediction_log.close()
+print(prediction_log.committed, prediction_log.dropped)
+"""
+    done = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["600", "0"]

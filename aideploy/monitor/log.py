@@ -4,11 +4,15 @@ Notebook: ``notebooks/08_monitoring.ipynb``. Command: ``aideploy serve --log-db 
 
 The server hands each answered request to :meth:`PredictionLog.record`, which
 only puts a reference to the arrays on a bounded queue (no copy, no disk, no
-wait): a request never waits for the log. A writer thread takes what is
-queued, computes the input summary (:func:`~aideploy.monitor.profile.input_features`)
-for many rows at once, and inserts them in one transaction. When the queue is
-full the request is still answered and its rows are counted as dropped: a gap
-in the log is always counted, never silent.
+wait): a request never waits for the log. Every 100 ms a sender thread takes what
+is queued and hands it, as a few NumPy arrays, to a writer *process*, which
+computes the input summary (:func:`~aideploy.monitor.profile.input_features`) for
+all rows at once and inserts them in one transaction. The work is in another
+process because of the GIL: done in a thread of the server, the summary and the
+inserts took turns with the event loop and cost about a quarter of the server's
+throughput (``benchmarks/monitoring.py``). When the queue is full the request is
+still answered and its rows are counted as dropped: a gap in the log is always
+counted, never silent.
 
 The file is SQLite in WAL mode with ``synchronous=NORMAL``: a committed
 transaction survives the server process being killed (not a power cut), and
@@ -26,13 +30,17 @@ column per feature, ``input`` when raw inputs are kept), ``labels`` (``pred_id``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import queue
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -154,10 +162,10 @@ class PredictionLog:
         max_rows: Retention: the newest rows kept (older ones are deleted every
             ``max_rows // 10`` rows, so the file holds at most about 10% more).
         store_inputs: Also keep each raw input row (float32 bytes); off by default.
-        on_commit: Called from the writer thread with ``(model, version, rows)`` after each commit.
+        on_commit: Called from the sender thread with ``(model, version, rows)`` after each commit.
         on_drop: Called with ``(model, version, rows)`` for each dropped request.
         busy_timeout: Seconds to wait for another process's write lock.
-        batch_seconds: How long the writer lets requests gather before a transaction.
+        batch_seconds: How long requests gather before they go to the writer process as one transaction.
 
     Attributes:
         committed: Rows committed to the file so far.
@@ -190,12 +198,43 @@ class PredictionLog:
         self.on_drop = on_drop
         self.committed = 0
         self.dropped = 0
-        self._queue: queue.Queue = queue.Queue(max_queue)
+        self.max_queue = max_queue
+        # The requests waiting for the sender, already in the form the writer process takes:
+        # per input and output shape and dtype, the rows copied into preallocated blocks
+        # and each request's (time, model, version, id, rows, latency). Copying a request's
+        # arrays into a block costs the request path well under a microsecond; work done per
+        # request in the sender thread costs the server more, because that thread takes
+        # turns with the event loop for the GIL. ``_unfinished`` counts requests queued or
+        # being written.
+        self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
+        self._groups: dict[tuple, _Rows] = {}
+        self._queued = 0
+        self._unfinished = 0
+        self._arrived = threading.Event()  # set by the first request after a batch was taken
         self._stop = threading.Event()
-        self._connection = connect(self.path, busy_timeout=busy_timeout)
-        self._since_retention = 0
+        connect(self.path, busy_timeout=busy_timeout).close()  # a bad path fails here, clearly
+        self._writer: Any = None
+        self._pipe: Any = None
+        self._start_writer()
         self._thread = threading.Thread(target=self._run, name="aideploy-prediction-log", daemon=True)
         self._thread.start()
+
+    def _start_writer(self) -> None:
+        # A child interpreter of its own (not multiprocessing, whose "spawn" re-runs the
+        # main script: impossible for code read from stdin), in its own session so that a
+        # Ctrl-C in the terminal reaches the server, which flushes the log, and not it.
+        ours, theirs = socket.socketpair()
+        arguments = json.dumps([theirs.fileno(), str(self.path), self.store_inputs, self.max_rows, self.busy_timeout])
+        self._writer = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from aideploy.monitor.log import _writer_process; "
+             "_writer_process(*__import__('json').loads(sys.argv[1]))", arguments],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        theirs.close()
+        self._pipe = Connection(ours.detach())
 
     # --- the request path ---------------------------------------------------------
 
@@ -217,108 +256,83 @@ class PredictionLog:
         Returns:
             Whether it was queued (``False``: dropped and counted).
         """
-        try:
-            self._queue.put_nowait((time.time(), model, version, request_id, x, y, latency_seconds))
-        except queue.Full:
+        x, y = np.asarray(x), np.asarray(y)
+        key = (x.shape[1:], x.dtype, y.shape[1:], y.dtype)
+        when = time.time()
+        with self._lock:
+            queued = self._queued < self.max_queue
+            if queued:
+                rows = self._groups.get(key)
+                if rows is None:
+                    rows = self._groups[key] = _Rows(x, y)
+                rows.add(x, y, (when, model, version, request_id, len(x), latency_seconds))
+                self._queued += 1
+                self._unfinished += 1
+                first = self._queued == 1
+        if queued and first:
+            self._arrived.set()
+        if not queued:
             self._count_drop(model, version, len(x))
-            return False
-        return True
+        return queued
 
     def _count_drop(self, model: str, version: str, rows: int) -> None:
         self.dropped += rows
         if self.on_drop is not None:
             self.on_drop(model, version, rows)
 
-    # --- the writer thread --------------------------------------------------------
+    # --- the sender thread --------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._stop.is_set():
+            # Sleep until a request arrives (an idle server wakes this thread for nothing),
+            # then let requests gather: a message and a transaction per request would cost
+            # the server far more than one every 100 ms, and the log lags by no more.
+            if not self._stop.is_set():
+                self._arrived.wait(0.5)
+            stopping = self._stop.wait(self.batch_seconds)
+            with self._lock:
+                self._arrived.clear()
+                groups, self._groups = self._groups, {}
+                count, self._queued = self._queued, 0
+            if not count:
+                if stopping:
                     return
                 continue
-            # Let requests gather first: a transaction per request would hold the GIL
-            # (features, inserts, commit) hundreds of times a second, slowing the
-            # event loop; one every 100 ms costs little and the log lags by no more.
-            self._stop.wait(self.batch_seconds)
-            items = [first]
-            while len(items) < 4096:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             try:
-                self._write(items)
+                self._write(groups)
             except Exception:  # a full disk or a lock held too long must not end the thread
-                logger.exception("could not write %d requests to the prediction log %s", len(items), self.path)
-                for item in items:
-                    self._count_drop(item[1], item[2], len(item[4]))
+                logger.exception("could not write %d requests to the prediction log %s", count, self.path)
+                for (model, version), rows in _rows_by_model(groups).items():
+                    self._count_drop(model, version, rows)
             finally:
-                for _ in items:
-                    self._queue.task_done()
+                with self._written:
+                    self._unfinished -= count
+                    self._written.notify_all()
 
-    def _write(self, items: list[tuple]) -> None:
-        # Everything is computed for all rows of one input and output shape at once,
-        # and turned into Python values with tolist(): per-row NumPy calls would cost
-        # more than the request itself, and this thread shares the GIL with the server.
-        groups: dict[tuple, list[int]] = {}
-        for index, item in enumerate(items):
-            x, y = item[4], item[5]
-            groups.setdefault((x.shape[1:], x.dtype.str, np.shape(y)[1:]), []).append(index)
-        records: list[tuple] = []
-        counts: dict[tuple[str, str], int] = {}
-        for indices in groups.values():
-            x = np.concatenate([items[i][4] for i in indices])
-            probabilities = np.concatenate([np.asarray(items[i][5]) for i in indices]).reshape(len(x), -1)
-            features = input_features(x).tolist()
-            predicted = probabilities.argmax(axis=1).tolist()
-            confidence = probabilities.max(axis=1).tolist()
-            num_classes = probabilities.shape[1]
-            raw = (
-                [row.tobytes() for row in x.reshape(len(x), -1).astype(np.float32)]
-                if self.store_inputs
-                else [None] * len(x)
-            )
-            meta = [
-                (request_id, row, when, model, version, latency * 1000.0)
-                for when, model, version, request_id, rows, _, latency in (items[i] for i in indices)
-                for row in range(len(rows))
-            ]
-            records += [
-                (*head, label, top, num_classes, *summary, blob)
-                for head, label, top, summary, blob in zip(meta, predicted, confidence, features, raw)
-            ]
-            for i in indices:
-                key = (items[i][1], items[i][2])
-                counts[key] = counts.get(key, 0) + len(items[i][4])
-        with self._connection:  # one transaction: committed when this block ends
-            self._connection.executemany(_INSERT, records)
-        self.committed += len(records)
+    def _write(self, groups: dict[tuple, _Rows]) -> None:
+        message = [rows.message() for rows in groups.values()]
+        try:
+            self._pipe.send(message)
+            error = self._pipe.recv()  # None once committed, else what went wrong
+        except (EOFError, OSError) as failure:  # the writer process died: start another one
+            self._pipe.close()
+            self._writer.wait(5)
+            self._start_writer()
+            raise RuntimeError(f"the prediction log's writer process ended ({failure!r}); started a new one") from None
+        if error is not None:
+            raise RuntimeError(error)
+        counts = _rows_by_model(groups)
+        self.committed += sum(counts.values())
         if self.on_commit is not None:
             for (model, version), rows in counts.items():
                 self.on_commit(model, version, rows)
-        self._since_retention += len(records)
-        # Retention runs every tenth of max_rows: the file holds at most about 10% more rows than that.
-        if self._since_retention >= min(10_000, max(1, self.max_rows // 10)):
-            self._since_retention = 0
-            self._apply_retention()
-
-    def _apply_retention(self) -> None:
-        with self._connection:
-            (newest,) = self._connection.execute("SELECT COALESCE(MAX(id), 0) FROM predictions").fetchone()
-            cutoff = newest - self.max_rows
-            if cutoff > 0:
-                self._connection.execute("DELETE FROM labels WHERE pred_id <= ?", (cutoff,))
-                self._connection.execute("DELETE FROM predictions WHERE id <= ?", (cutoff,))
 
     # --- control --------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
         """Requests queued or being written."""
-        return self._queue.unfinished_tasks
+        return self._unfinished
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is committed (or dropped).
@@ -327,20 +341,30 @@ class PredictionLog:
             Whether the queue emptied within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
+        with self._written:
+            while self._unfinished:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
-                self._queue.all_tasks_done.wait(min(remaining, 0.5))
+                self._written.wait(min(remaining, 0.5))
         return True
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, stop the writer thread and close the file."""
         self.flush(timeout)
         self._stop.set()
+        self._arrived.set()
         self._thread.join(timeout)
-        self._connection.close()
+        try:
+            self._pipe.send(None)  # the writer process closes its file and ends
+        except OSError:
+            pass
+        try:
+            self._writer.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._writer.kill()
+            self._writer.wait()
+        self._pipe.close()
 
     def submit_labels(self, request_id: str, labels: Any) -> dict[str, Any]:
         """Record the true label(s) of a logged request (see :func:`submit_labels`).
@@ -354,6 +378,123 @@ class PredictionLog:
             if not self.flush(5.0):
                 raise
             return submit_labels(self.path, request_id, labels, busy_timeout=self.busy_timeout)
+
+
+class _Rows:
+    """The queued rows of one input and output shape: copied into blocks, with each request's details."""
+
+    BLOCK = 256  # rows a block holds (a larger request gets a block of its own size)
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x_blocks: list[np.ndarray] = []
+        self.y_blocks: list[np.ndarray] = []
+        self.used: list[int] = []
+        self.requests: list[tuple] = []
+        self._x_row, self._y_row = (x.shape[1:], x.dtype), (y.shape[1:], y.dtype)
+
+    def add(self, x: np.ndarray, y: np.ndarray, request: tuple) -> None:
+        count = len(x)
+        if not self.used or self.used[-1] + count > len(self.x_blocks[-1]):
+            size = max(self.BLOCK, count)
+            self.x_blocks.append(np.empty((size, *self._x_row[0]), self._x_row[1]))
+            self.y_blocks.append(np.empty((size, *self._y_row[0]), self._y_row[1]))
+            self.used.append(0)
+        start = self.used[-1]
+        self.x_blocks[-1][start : start + count] = x
+        self.y_blocks[-1][start : start + count] = y
+        self.used[-1] = start + count
+        self.requests.append(request)
+
+    def message(self) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+        """What the writer process takes: all rows' inputs, all outputs, each request's details."""
+        x = np.concatenate([block[:used] for block, used in zip(self.x_blocks, self.used)])
+        y = np.concatenate([block[:used] for block, used in zip(self.y_blocks, self.used)])
+        return x, y, self.requests
+
+
+def _rows_by_model(groups: dict[tuple, _Rows]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for rows in groups.values():
+        for _, model, version, _, count, _ in rows.requests:
+            counts[model, version] = counts.get((model, version), 0) + count
+    return counts
+
+
+def _writer_process(fd: int, path: str, store_inputs: bool, max_rows: int, busy_timeout: float) -> None:
+    """The writer process: receive batches from :class:`PredictionLog`, insert each in one transaction, answer.
+
+    Each answer is ``None`` once the batch is committed, or a message saying why it
+    was not. Ends when told to (``None``) or when the server process is gone.
+    """
+    if hasattr(os, "nice"):  # background work: the server's requests come first for the CPU
+        os.nice(10)
+    pipe = Connection(fd)
+    connection = connect(path, busy_timeout=busy_timeout)
+    since_retention = 0
+    try:
+        while True:
+            try:
+                message = pipe.recv()
+            except (EOFError, OSError):  # the server process ended
+                return
+            if message is None:
+                return
+            try:
+                rows = _insert(connection, message, store_inputs)
+                since_retention += rows
+                # Retention runs every tenth of max_rows: the file holds at most about 10% more rows than that.
+                if since_retention >= min(10_000, max(1, max_rows // 10)):
+                    since_retention = 0
+                    _apply_retention(connection, max_rows)
+                answer = None
+            except Exception as error:  # a full disk or a lock held too long: the server counts the drop
+                answer = f"could not write to the prediction log {path}: {error!r}"
+            try:
+                pipe.send(answer)
+            except OSError:
+                return
+    finally:
+        connection.close()
+        pipe.close()
+
+
+def _insert(connection: sqlite3.Connection, groups: list[tuple], store_inputs: bool) -> int:
+    """Insert the rows of one batch (see :meth:`PredictionLog._write`) in one transaction; the row count."""
+    # Everything is computed for all rows of one input and output shape at once and
+    # turned into Python values with tolist(): per-row NumPy calls would cost far more.
+    records: list[tuple] = []
+    for x, y, requests in groups:
+        probabilities = y.reshape(len(x), -1)
+        features = input_features(x).tolist()
+        predicted = probabilities.argmax(axis=1).tolist()
+        confidence = probabilities.max(axis=1).tolist()
+        num_classes = probabilities.shape[1]
+        raw = (
+            [row.tobytes() for row in x.reshape(len(x), -1).astype(np.float32)]
+            if store_inputs
+            else [None] * len(x)
+        )
+        meta = [
+            (request_id, row, when, model, version, latency * 1000.0)
+            for when, model, version, request_id, count, latency in requests
+            for row in range(count)
+        ]
+        records += [
+            (*head, label, top, num_classes, *summary, blob)
+            for head, label, top, summary, blob in zip(meta, predicted, confidence, features, raw)
+        ]
+    with connection:  # one transaction: committed when this block ends
+        connection.executemany(_INSERT, records)
+    return len(records)
+
+
+def _apply_retention(connection: sqlite3.Connection, max_rows: int) -> None:
+    with connection:
+        (newest,) = connection.execute("SELECT COALESCE(MAX(id), 0) FROM predictions").fetchone()
+        cutoff = newest - max_rows
+        if cutoff > 0:
+            connection.execute("DELETE FROM labels WHERE pred_id <= ?", (cutoff,))
+            connection.execute("DELETE FROM predictions WHERE id <= ?", (cutoff,))
 
 
 def _check_labels(request_id: Any, labels: Any) -> list[int]:
