@@ -15,8 +15,8 @@ One thread a model also makes the predictor thread-safe: LiteRT's interpreter
 must never be called from two threads at once.
 
 A batch whose predictor call is known to be shorter than ``inline_below``
-(1 ms by default; the batcher keeps a running average of each call's cost per
-row, measured) runs on the event loop itself instead. Handing a call to a
+(1 ms by default; the estimate is the lowest measured cost per row of the last
+32 calls) runs on the event loop itself instead. Handing a call to a
 thread and back costs tens of microseconds, and under load far more: the
 thread must win the GIL back from a busy event loop, which may hold it for up
 to 5 ms (``sys.getswitchinterval()``) before it lets go. A call that short blocks
@@ -116,6 +116,7 @@ class Batcher:
     def predict(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
         self._predict_fn = function
         self._seconds_per_row: float | None = None
+        self._recent_per_row: collections.deque[float] = collections.deque(maxlen=32)
 
     @property
     def pending(self) -> int:
@@ -230,10 +231,11 @@ class Batcher:
         started = time.perf_counter()
         outputs = self.predict(rows)
         elapsed = time.perf_counter() - started
-        # A running average, so one slow call (a cold cache, a busy machine) moves it only a little.
-        per_row = elapsed / max(len(rows), 1)
-        previous = self._seconds_per_row
-        self._seconds_per_row = per_row if previous is None else 0.8 * previous + 0.2 * per_row
+        # The estimate is the cheapest of the last calls (per row), not an average: a call
+        # that also waited for the GIL (another thread of the server held it when the
+        # model returned) is not a slower model, and must not move the batches to the thread.
+        self._recent_per_row.append(elapsed / max(len(rows), 1))
+        self._seconds_per_row = min(self._recent_per_row)
         if len(outputs) != len(rows):
             raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(rows)}.")
         return outputs, elapsed
