@@ -226,6 +226,18 @@ wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 for k, v in string.gmatch(os.getenv("BENCH_HEADERS"), "([^\\n:]+):([^\\n]*)") do wrk.headers[k] = v end
+local target = tonumber(os.getenv("BENCH_COUNT") or "0")
+if target > 0 then  -- stop after that many answers (the requests still in flight are abandoned)
+  local seen = 0
+  response = function(status, headers, body)
+    seen = seen + 1
+    if seen == target then
+      wrk.thread:stop()
+      io.write("BENCH_TARGET\\n")  -- load_wrk then interrupts wrk, which ends the run early
+      io.flush()
+    end
+  end
+end
 done = function(summary, latency, requests)
   io.write(string.format('BENCH {"requests": %d, "seconds": %f, "p50": %f, "p99": %f, "non2xx": %d, "errors": %d}\\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
@@ -236,19 +248,26 @@ end
 
 
 def load_wrk(port: int, request: tuple[str, bytes, dict[str, str]], concurrency: int, seconds: float,
-             work: Path) -> dict[str, float]:
-    """Drive one route with wrk (one thread) for ``seconds``."""
+             work: Path, count: int | None = None) -> dict[str, float]:
+    """Drive one route with wrk (one thread) for ``seconds``, or until ``count`` answers came back."""
     path, body, headers = request
     (work / "body.bin").write_bytes(body)
     (work / "script.lua").write_text(_WRK_SCRIPT)
-    env = {**os.environ, "BENCH_BODY": str(work / "body.bin"),
+    env = {**os.environ, "BENCH_BODY": str(work / "body.bin"), "BENCH_COUNT": str(count or 0),
            "BENCH_HEADERS": "\n".join(f"{k}:{v}" for k, v in headers.items())}
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                "-s", str(work / "script.lua"), f"http://127.0.0.1:{port}{path}"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60)
-    line = next((row for row in done.stdout.splitlines() if row.startswith("BENCH ")), None)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as wrk:
+        output = []
+        for row in wrk.stdout:  # wrk's SIGINT handler stops the run and still prints its summary
+            output.append(row)
+            if row.startswith("BENCH_TARGET"):
+                wrk.send_signal(signal.SIGINT)
+        errors = wrk.stderr.read()
+        wrk.wait(60)
+    line = next((row for row in output if row.startswith("BENCH ")), None)
     if line is None:
-        raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+        raise RuntimeError(f"wrk failed: {''.join(output)[-1000:]} {errors[-1000:]}")
     result = json.loads(line[6:])
     return {"rps": result["requests"] / result["seconds"], "p50": result["p50"], "p99": result["p99"],
             "requests": result["requests"], "non2xx": result["non2xx"], "errors": result["errors"]}
