@@ -330,3 +330,32 @@ def test_shutdown_turns_readiness_false_first_and_finishes_queued_requests(repo)
         [answer.json()["outputs"][0]["data"] for answer in answers], expected(X), atol=1e-6
     )
     assert after.status_code == 503
+
+
+def test_a_worker_process_turns_readiness_false_before_uvicorn_handles_the_signal(repo, monkeypatch):
+    """``--workers``: the factory wraps the exit handlers uvicorn installed, readiness first."""
+    import dataclasses
+    import json as json_module
+    import signal
+
+    from aideploy.serve import ServerSettings
+    from aideploy.serve import app as app_module
+
+    calls = []
+
+    def uvicorn_handler(sig, frame):  # stands in for uvicorn's Server.handle_exit
+        calls.append(sig)
+
+    originals = {number: signal.signal(number, uvicorn_handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        monkeypatch.setenv(app_module._WORKER_CONFIG, json_module.dumps(
+            {"repo": str(repo), "settings": dataclasses.asdict(ServerSettings())}))
+        application = app_module._worker_app()
+        server = application.state.server
+        assert not server.stopping
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert server.stopping and not server.ready
+        assert calls == [signal.SIGTERM]
+    finally:
+        for number, handler in originals.items():
+            signal.signal(number, handler)

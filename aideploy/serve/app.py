@@ -252,7 +252,30 @@ _WORKER_CONFIG = "AIDEPLOY_SERVE_WORKER_CONFIG"
 def _worker_app() -> FastAPI:
     """The application of one ``--workers`` process (uvicorn's factory, run in each worker)."""
     config = json.loads(os.environ[_WORKER_CONFIG])
-    return create_app(config["repo"], ServerSettings(**config["settings"]), load_before_serving=True)
+    app = create_app(config["repo"], ServerSettings(**config["settings"]), load_before_serving=True)
+    _readiness_false_on_exit_signals(app.state.server)
+    return app
+
+
+def _readiness_false_on_exit_signals(server: ModelServer) -> None:
+    """Make SIGINT and SIGTERM turn ``server``'s readiness false before uvicorn's own handler runs.
+
+    A worker process runs uvicorn's server, not :class:`_GracefulServer`; uvicorn
+    installs its signal handlers before it calls the application factory, so the
+    factory wraps them (the single-process server does the same in ``handle_exit``).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
+        if not callable(previous):
+            continue
+
+        def handler(sig: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
+            server.begin_shutdown()
+            previous(sig, frame)
+
+        signal.signal(number, handler)
 
 
 def _run_workers(
@@ -273,7 +296,8 @@ def _run_workers(
     Metrics stay whole across processes through prometheus-client's multiprocess
     mode: each worker writes its values to files in a folder of its own for this run,
     and ``/metrics``, whichever worker answers, adds them all up. SIGTERM or Ctrl-C
-    stops the workers (each finishes its in-flight requests) and then the parent.
+    stops the workers (each turns its readiness false, then finishes its in-flight
+    requests) and then the parent.
     """
     import uvicorn
     from uvicorn.supervisors import Multiprocess
