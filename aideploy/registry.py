@@ -361,6 +361,54 @@ def publish(
     )
 
 
+def with_pixel_scaling(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """An ONNX model that takes uint8 pixels (0-255) and scales them itself, ready to publish.
+
+    Two nodes go in front of ``source``'s graph: ``Cast`` to float32 and ``Mul`` by 1/255,
+    exactly the scaling of :func:`aideploy.data.scale`. A client then sends the raw pixels
+    and cannot skew the model's input by forgetting (or repeating) the scaling. The
+    manifest's signature is ``source``'s with a ``uint8`` input. Introduced in
+    ``07_serving.ipynb``.
+
+    Args:
+        source: An ONNX export with its manifest (a float32 input of pixels in [0, 1]).
+        target: The new ``.onnx`` file (its manifest is written beside it).
+
+    Returns:
+        The new model's path.
+
+    Raises:
+        ArtifactError: ``source`` has no manifest (or does not match it), or its input is not float32.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    source = Path(source)
+    manifest = artifacts.verify(source)
+    signature = json.loads(json.dumps(manifest.get("signature") or _signature_of_onnx(source)))
+    model = onnx.load(source)
+    graph = model.graph
+    first = graph.input[0]
+    if first.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ArtifactError(f"{source} takes {TensorProto.DataType.Name(first.type.tensor_type.elem_type)}, "
+                            "not float32 pixels in [0, 1]: it cannot get the pixel scaling in front.")
+    for node in graph.node:  # the original graph now reads the scaled pixels
+        node.input[:] = ["scaled_pixels" if name == first.name else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Cast", [first.name], ["pixels_as_float"], to=TensorProto.FLOAT))
+    graph.node.insert(1, helper.make_node("Mul", ["pixels_as_float", "one_over_255"], ["scaled_pixels"]))
+    graph.initializer.append(numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "one_over_255"))
+    first.type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.checker.check_model(model)
+    signature["inputs"][0]["dtype"] = "uint8"
+    path, _ = artifacts.save_artifact(
+        target, lambda temporary: temporary.write_bytes(model.SerializeToString()),
+        kind="onnx-model", produced_by="aideploy.registry.with_pixel_scaling",
+        extra={"format": "onnx", "signature": signature},
+    )
+    return path
+
+
 def config_pbtxt(name: str, signature: dict[str, list[dict[str, Any]]], max_batch_size: int) -> str:
     """Triton's ``config.pbtxt`` for a model with this signature.
 

@@ -182,3 +182,22 @@ def test_publish_command_ends_with_a_json_line(tmp_path, export, capsys):
     status = cli.main(["publish", str(export), "--repo", str(tmp_path / "repo"), "--name", "tiny", "--version", "3"])
     assert status == cli.EXIT_EXPECTED_ERROR
     assert "immutable" in capsys.readouterr().err
+
+
+def test_with_pixel_scaling_gives_the_model_its_preprocessing(tmp_path, export):
+    """uint8 pixels into the new model answer exactly what the scaled floats give the original."""
+    import numpy as np
+
+    from aideploy import runtime
+    from aideploy.data import scale
+
+    pixels_path = registry.with_pixel_scaling(export, tmp_path / "pixels.onnx")
+    assert artifacts.read_manifest(pixels_path)["signature"]["inputs"][0]["dtype"] == "uint8"
+    artifacts.verify(pixels_path)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 4), dtype=np.uint8)
+    original, with_scaling = runtime.load(export), runtime.load(pixels_path)
+    np.testing.assert_allclose(with_scaling.predict(pixels), original.predict(scale(pixels)), rtol=1e-6, atol=1e-7)
+    published = registry.publish(pixels_path, tmp_path / "repo", "pixels")
+    assert "TYPE_UINT8" in (published.model_dir / "config.pbtxt").read_text()
+    with pytest.raises(ArtifactError, match="not float32 pixels"):
+        registry.with_pixel_scaling(pixels_path, tmp_path / "twice.onnx")
