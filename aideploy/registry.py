@@ -385,8 +385,7 @@ def with_pixel_scaling(source: str | os.PathLike, target: str | os.PathLike) -> 
     from onnx import TensorProto, helper, numpy_helper
 
     source = Path(source)
-    manifest = artifacts.verify(source)
-    signature = json.loads(json.dumps(manifest.get("signature") or _signature_of_onnx(source)))
+    signature = artifacts.verify(source).get("signature") or _signature_of_onnx(source)  # a fresh dict to change
     model = onnx.load(source)
     graph = model.graph
     first = graph.input[0]

@@ -3,7 +3,7 @@
 Notebook: ``notebooks/08_monitoring.ipynb``. Command: ``aideploy serve --log-db PATH``.
 
 The server hands each answered request to :meth:`PredictionLog.record`, which
-only puts a reference to the arrays on a bounded queue (no copy, no disk, no
+only copies its rows into a bounded buffer (no disk, no lock held for long, no
 wait): a request never waits for the log. Every 100 ms a sender thread takes what
 is queued and hands it, as a few NumPy arrays, to a writer *process*, which
 computes the input summary (:func:`~aideploy.monitor.profile.input_features`) for
@@ -243,7 +243,7 @@ class PredictionLog:
     ) -> bool:
         """Queue one answered request for the log; never waits.
 
-        The arrays are kept by reference, so the caller must not change them afterwards.
+        The rows are copied, so the caller may reuse the arrays afterwards.
 
         Args:
             model: The model's name.
@@ -264,7 +264,7 @@ class PredictionLog:
             if queued:
                 rows = self._groups.get(key)
                 if rows is None:
-                    rows = self._groups[key] = _Rows(x, y)
+                    rows = self._groups[key] = _Rows(key)
                 rows.add(x, y, (when, model, version, request_id, len(x), latency_seconds))
                 self._queued += 1
                 self._unfinished += 1
@@ -385,19 +385,20 @@ class _Rows:
 
     BLOCK = 256  # rows a block holds (a larger request gets a block of its own size)
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(self, key: tuple) -> None:
+        # key: (input row shape, input dtype, output row shape, output dtype), as PredictionLog groups them
+        self.x_shape, self.x_dtype, self.y_shape, self.y_dtype = key
         self.x_blocks: list[np.ndarray] = []
         self.y_blocks: list[np.ndarray] = []
         self.used: list[int] = []
         self.requests: list[tuple] = []
-        self._x_row, self._y_row = (x.shape[1:], x.dtype), (y.shape[1:], y.dtype)
 
     def add(self, x: np.ndarray, y: np.ndarray, request: tuple) -> None:
         count = len(x)
         if not self.used or self.used[-1] + count > len(self.x_blocks[-1]):
             size = max(self.BLOCK, count)
-            self.x_blocks.append(np.empty((size, *self._x_row[0]), self._x_row[1]))
-            self.y_blocks.append(np.empty((size, *self._y_row[0]), self._y_row[1]))
+            self.x_blocks.append(np.empty((size, *self.x_shape), self.x_dtype))
+            self.y_blocks.append(np.empty((size, *self.y_shape), self.y_dtype))
             self.used.append(0)
         start = self.used[-1]
         self.x_blocks[-1][start : start + count] = x

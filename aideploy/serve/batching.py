@@ -115,7 +115,6 @@ class Batcher:
     @predict.setter
     def predict(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
         self._predict_fn = function
-        self._seconds_per_row: float | None = None
         self._recent_per_row: collections.deque[float] = collections.deque(maxlen=32)
 
     @property
@@ -221,10 +220,10 @@ class Batcher:
         return batch
 
     def _runs_inline(self, batch: list[_Pending]) -> bool:
-        per_row = self._seconds_per_row
-        if per_row is None:  # unknown cost: the thread, until a call was measured
+        if not self._recent_per_row:  # unknown cost: the thread, until a call was measured
             return False
-        return per_row * sum(len(item.rows) for item in batch) < self.inline_below
+        # Batches run one at a time, so no call appends to the deque while this reads it.
+        return min(self._recent_per_row) * sum(len(item.rows) for item in batch) < self.inline_below
 
     def _predict(self, batch: list[_Pending]) -> tuple[np.ndarray, float]:
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
@@ -235,7 +234,6 @@ class Batcher:
         # that also waited for the GIL (another thread of the server held it when the
         # model returned) is not a slower model, and must not move the batches to the thread.
         self._recent_per_row.append(elapsed / max(len(rows), 1))
-        self._seconds_per_row = min(self._recent_per_row)
         if len(outputs) != len(rows):
             raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(rows)}.")
         return outputs, elapsed
